@@ -1,0 +1,146 @@
+"""Start Jittor offline on whatever machine this is, and describe the result.
+
+Jittor reads its settings from environment variables when it is first imported,
+so `configure_jittor()` must run before `import jittor`; `jseg/__init__.py`
+calls it, which makes every `import jseg...` safe. It decides two things:
+
+- device: without an NVIDIA driver (no `/dev/nvidia*`, no `libcuda.so.1`)
+  Jittor is told there is no nvcc, so it starts on CPU instead of failing on a
+  missing libcudart. `JSEG_DEVICE=cpu` forces CPU on a GPU machine.
+- oneDNN: Jittor downloads its oneDNN archive on first use unless it is
+  already in its cache or shipped by the `jittor-offline` package. If neither
+  is present we switch oneDNN off (`use_mkl=0`, about 40x slower convolutions)
+  with one warning, instead of letting Jittor try the network.
+"""
+import ctypes
+import glob
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["configure_jittor", "gpu_available", "onednn_source", "init_device",
+           "environment_report", "DNNL_ARCHIVE"]
+
+logger = logging.getLogger(__name__)
+
+DNNL_ARCHIVE = "dnnl_lnx_2.2.0_cpu_gomp"  # the oneDNN build Jittor 1.3 looks for
+_configured = False
+
+
+def gpu_available():
+    """True when an NVIDIA driver is usable here (device nodes and libcuda)."""
+    if os.environ.get("JSEG_DEVICE", "").lower() == "cpu":
+        return False
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def _jittor_home():
+    """Jittor's home for caches: `~/.cache/jittor` unless its config.json moved it."""
+    return Path(os.environ.get("JITTOR_HOME") or Path.home()) / ".cache" / "jittor"
+
+
+def onednn_source():
+    """Where Jittor will get oneDNN from without a download, or None.
+
+    Returns "cache" (already unpacked in Jittor's cache), "jittor-offline"
+    (the pip package ships the archive) or None.
+    """
+    if (_jittor_home() / "mkl" / DNNL_ARCHIVE / "lib" / "libmkldnn.so").is_file():
+        return "cache"
+    spec = importlib.util.find_spec("jittor_offline")
+    if spec is not None and spec.origin is not None:
+        if (Path(spec.origin).parent / f"{DNNL_ARCHIVE}.tgz").is_file():
+            return "jittor-offline"
+    return None
+
+
+def configure_jittor():
+    """Set Jittor's environment variables for this machine; call before `import jittor`.
+
+    Variables the user has already set are respected. Safe to call twice.
+    """
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    if "jittor" in sys.modules:
+        logger.warning("jittor was imported before jseg; jseg could not choose its "
+                       "device and oneDNN settings (import jseg first)")
+        return
+    if not gpu_available():
+        # An empty nvcc path keeps Jittor from trying CUDA without a driver.
+        os.environ.setdefault("nvcc_path", "")
+    if os.environ.get("use_mkl", "1") == "1" and onednn_source() is None:
+        os.environ["use_mkl"] = "0"
+        logger.warning(
+            "oneDNN not found (neither in %s nor from the 'jittor-offline' package); "
+            "running without it, CPU convolutions will be about 40x slower. "
+            "Fix: pip install jittor-offline==0.0.7", _jittor_home() / "mkl")
+
+
+def init_device(device="auto"):
+    """Point Jittor at `device` ("auto", "cpu" or "cuda") and return the one in use."""
+    import jittor as jt
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    has_cuda = bool(jt.compiler.has_cuda)
+    if device == "cuda" and not has_cuda:
+        raise RuntimeError("device 'cuda' was asked for but Jittor found no usable GPU "
+                           "(no NVIDIA driver, or JSEG_DEVICE=cpu); use device 'cpu'")
+    use_cuda = has_cuda and device != "cpu"
+    jt.flags.use_cuda = int(use_cuda)
+    return "cuda" if use_cuda else "cpu"
+
+
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def _gpu_model():
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else "unknown GPU"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown GPU"
+
+
+def environment_report():
+    """Import Jittor and describe it: an ordered dict of name -> text.
+
+    Raises whatever Jittor raises when it cannot start.
+    """
+    configure_jittor()
+    import jittor as jt
+    import jittor.compile_extern as extern
+
+    device = init_device("auto")
+    report = {
+        "python": sys.version.split()[0],
+        "jittor": jt.__version__,
+        "device": f"GPU ({_gpu_model()})" if device == "cuda" else f"CPU ({_cpu_model()})",
+        "cpu threads": str(os.cpu_count()),
+        "oneDNN": ("yes" if extern.mkl_ops is not None else "no")
+        + (f" (from {onednn_source()})" if extern.mkl_ops is not None else ""),
+        "MPI": ("yes" if getattr(extern, "mpi", None) is not None else "no")
+        + (f" (rank {jt.rank} of {jt.world_size})" if jt.in_mpi else ""),
+        "cache dir": str(jt.flags.cache_path),
+    }
+    return report

@@ -1,0 +1,36 @@
+"""Install jseg (distribution name `segnext-jittor`; `jseg` on PyPI is an unrelated project)."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = re.search(r'__version__ = "([^"]+)"', Path("jseg/__init__.py").read_text()).group(1)
+
+setup(
+    name="segnext-jittor",
+    version=version,
+    description="SegNeXt semantic segmentation in Jittor, exact to the PyTorch references",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.8",
+    packages=find_packages(include=["jseg", "jseg.*", "weights_convert"]),
+    install_requires=[
+        "jittor>=1.3.11,<1.4",
+        # Jittor's own offline assets (oneDNN for CPU convolutions; cub/cutt/nccl for CUDA),
+        # so that Jittor never downloads at run time.
+        "jittor-offline>=0.0.7",
+        "numpy>=1.23",
+        "pillow>=9.0",
+        "opencv-python-headless>=4.6",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7.0"],
+        # The PyTorch reference for parity tests; torch 2.13.0 is the only supported build.
+        "parity": ["torch==2.13.0", "mmcv-lite==2.1.0", "mmengine==0.10.7",
+                   "mmsegmentation==1.2.2", "ftfy", "regex"],
+        "plot": ["matplotlib>=3.5"],
+    },
+)

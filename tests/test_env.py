@@ -1,0 +1,81 @@
+"""Jittor start-up: CPU without a GPU driver, oneDNN from an installed package, the
+env check tool's report and its failure path."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import jseg.utils.env as env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECK_ENV = os.path.join(ROOT, "tools", "check_env.py")
+
+
+def run_python(code, **extra_env):
+    environ = dict(os.environ, **extra_env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=environ, cwd=ROOT, timeout=600)
+
+
+def test_check_env_reports_cpu_and_onednn():
+    out = subprocess.run([sys.executable, CHECK_ENV], capture_output=True, text=True,
+                         cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict((k, v.strip()) for k, v in (line.split(":", 1) for line in out.stdout.splitlines()))
+    assert lines["jittor"].startswith("1.3"), out.stdout
+    if not env.gpu_available():
+        assert lines["device"].startswith("CPU"), out.stdout
+    assert lines["oneDNN"].startswith("yes"), out.stdout
+    assert lines["MPI"].split()[0] in ("yes", "no"), out.stdout
+    assert os.path.isdir(lines["cache dir"]), out.stdout
+    assert "Download" not in out.stdout + out.stderr
+
+
+def test_check_env_fails_with_a_hint_when_jittor_cannot_start():
+    out = subprocess.run([sys.executable, CHECK_ENV], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, cc_path="/nonexistent/g++"), timeout=300)
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr[-2000:])
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Jittor cannot start") and "fix: install a C++ compiler" in last, last
+
+
+def test_no_gpu_means_cpu_without_trying_cuda():
+    if env.gpu_available():
+        pytest.skip("this machine has a usable GPU")
+    out = run_python("import jseg, os; print(repr(os.environ.get('nvcc_path')))")
+    assert out.returncode == 0 and out.stdout.strip() == "''", (out.stdout, out.stderr)
+
+
+def test_jseg_device_cpu_forces_cpu():
+    out = run_python("import jseg.utils.env as e; print(e.gpu_available())", JSEG_DEVICE="cpu")
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_missing_onednn_switches_it_off_with_one_warning(tmp_path):
+    # A home without Jittor's cache and an interpreter that cannot see jittor_offline.
+    code = ("import importlib.util, logging, os; logging.basicConfig();"
+            "real = importlib.util.find_spec;"
+            "importlib.util.find_spec = lambda n, *a: None if n == 'jittor_offline' else real(n, *a);"
+            "import jseg;"
+            "print('use_mkl=' + os.environ.get('use_mkl', ''))")
+    env_vars = {"HOME": str(tmp_path), "use_mkl": "1"}
+    env_vars.pop("JITTOR_HOME", None)
+    out = run_python(code, **env_vars)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "use_mkl=0", out.stdout
+    warnings = [l for l in out.stderr.splitlines() if "oneDNN not found" in l]
+    assert len(warnings) == 1 and "pip install jittor-offline" in warnings[0], out.stderr
+
+
+def test_onednn_source_found_here():
+    assert env.onednn_source() in ("cache", "jittor-offline")
+
+
+def test_init_device_rejects_unknown_and_unavailable_devices():
+    with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
+        env.init_device("tpu")
+    if not env.gpu_available():
+        with pytest.raises(RuntimeError, match="no usable GPU"):
+            env.init_device("cuda")
+        assert env.init_device("auto") == "cpu"

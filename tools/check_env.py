@@ -1,0 +1,42 @@
+"""Print how Jittor starts on this machine: version, device, oneDNN, MPI, cache dir.
+
+    python tools/check_env.py
+
+Exits 1 with a hint when Jittor cannot start. The first run on a new machine
+compiles Jittor's core (a few minutes); later runs take about a second.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jseg.utils.env import environment_report  # noqa: E402  (sets Jittor's env first)
+
+_HINTS = (
+    ("Python.h", "install the Python headers (Debian: apt-get install python3-dev)"),
+    ("g++", "install a C++ compiler (Debian: apt-get install g++) or set cc_path=/path/to/g++"),
+    ("cc_path", "install a C++ compiler (Debian: apt-get install g++) or set cc_path=/path/to/g++"),
+    ("libcudart", "the GPU runtime is missing; run on CPU with JSEG_DEVICE=cpu"),
+    ("Download", "Jittor tried to download; install the offline assets: pip install jittor-offline==0.0.7"),
+)
+
+
+def main():
+    try:
+        report = environment_report()
+    except Exception as e:  # Jittor raises plain Exceptions when it cannot start
+        text = f"{type(e).__name__}: {e}".strip().splitlines()
+        hint = next((h for key, h in _HINTS if key in str(e)),
+                    "reinstall with `make setup`; if it persists, delete Jittor's cache "
+                    "(~/.cache/jittor) and retry")
+        print(f"error: Jittor cannot start ({text[-1] if text else 'unknown error'}); fix: {hint}",
+              file=sys.stderr)
+        return 1
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        print(f"{key + ':':<{width + 1}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
