@@ -1,0 +1,134 @@
+"""Write files so that a reader sees either the old file or the complete new one.
+
+`atomic_write(path)` gives a file in the same directory as `path` under a
+temporary name; when the `with` block ends normally the data is flushed and
+fsynced, and the file is renamed over `path` (`os.replace`, atomic on POSIX and
+Windows). If anything goes wrong - an exception in the block, a full disk, an
+interrupt - the temporary file is removed and whatever was at `path` is left
+untouched.
+
+`save_checkpoint_file(path, obj)` writes our checkpoint format through it: a
+pickle (protocol 4) of plain data and numpy arrays, followed by the SHA1 of the
+pickle and Jittor's magic `HCAJSLHD`, the layout `jt.save` writes, so the file
+also opens with `jt.load`. `jseg.utils.safe_pickle.load_checkpoint_file` reads it
+back, checking the SHA1 first.
+"""
+import collections
+import contextlib
+import hashlib
+import os
+import pickle
+import secrets
+
+import numpy as np
+
+from .safe_pickle import JITTOR_MAGIC
+
+__all__ = ["atomic_write", "save_checkpoint_file"]
+
+
+def _open_temp(directory, name):
+    while True:
+        temp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            # 0o666 minus the umask, as for any new file (mkstemp would give 0o600)
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                           0o666), temp
+        except FileExistsError:
+            continue
+
+
+def _fsync_directory(directory):
+    """Make the rename itself durable; not possible on every platform, so best effort."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", encoding=None):
+    """Context manager: `with atomic_write(path) as f: f.write(...)`.
+
+    mode "wb" (default) or "w" (text, UTF-8 unless `encoding` says otherwise).
+    An existing file at `path` keeps its permission bits.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = _open_temp(directory, os.path.basename(path))
+    try:
+        if os.path.exists(path):
+            with contextlib.suppress(OSError, AttributeError):
+                os.fchmod(fd, os.stat(path).st_mode & 0o7777)
+        with os.fdopen(fd, mode, encoding=encoding or ("utf-8" if mode == "w" else None)) as f:
+            fd = None  # the file object owns it now
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        raise
+    _fsync_directory(directory)
+
+
+_PLAIN_TYPES = (str, bytes, int, float, bool, complex, type(None), np.generic)
+
+
+def _plain(obj, where="the checkpoint"):
+    """`obj` as data `load_checkpoint_file` reads back: dict subclasses (a Config)
+    become dicts; anything else that is not plain data is refused with its path."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise TypeError(f"{where}: numpy arrays of Python objects cannot be saved; "
+                            "use numeric arrays")
+        return np.asarray(obj)  # subclasses (memmap, matrix) would pickle their class
+    if isinstance(obj, _PLAIN_TYPES):
+        return obj
+    if isinstance(obj, dict):
+        items = [(_plain(k, f"{where} (a key)"), _plain(v, f"{where}[{k!r}]"))
+                 for k, v in obj.items()]
+        return collections.OrderedDict(items) if type(obj) is collections.OrderedDict \
+            else dict(items)
+    if type(obj) in (list, tuple, set, frozenset):
+        return type(obj)(_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__qualname__} cannot be "
+                    "saved in a checkpoint; convert it to numpy arrays or plain Python data "
+                    "(jittor Vars: var.numpy())")
+
+
+class _HashingWriter:
+    """Write-through file wrapper that hashes what passes (pickle streams into it)."""
+
+    def __init__(self, f):
+        self.f, self.sha1 = f, hashlib.sha1()
+
+    def write(self, data):
+        self.sha1.update(data)
+        return self.f.write(data)
+
+
+def save_checkpoint_file(path, obj):
+    """Write `obj` (dicts, lists, tuples, str/int/float/bool/None, numpy arrays and
+    scalars) to `path` atomically, in our checkpoint format (see module doc).
+
+    Dict subclasses are saved as plain dicts; other objects raise TypeError naming
+    where they are, before anything is written.
+    """
+    obj = _plain(obj)
+    with atomic_write(path) as f:
+        writer = _HashingWriter(f)
+        pickle.dump(obj, writer, protocol=4)
+        f.write(writer.sha1.digest())
+        f.write(JITTOR_MAGIC)
