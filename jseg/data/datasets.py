@@ -1,0 +1,425 @@
+"""Segmentation datasets: one table of the six benchmarks plus a custom kind.
+
+A dataset lists (image, label) pairs once, when it is built, either by scanning
+`img_dir` recursively for files ending with the image suffix (sorted; the
+label is the same relative path with the label suffix, under `ann_dir`) or
+from split files that name one sample per line (`name + suffix`). Several
+(ann_dir, split) pairs may be given for one img_dir, as VOC + SBD "aug" does.
+
+`dataset[i]` reads one sample:
+
+    {"img": (H, W, 3) uint8, RGB when to_rgb else BGR as OpenCV reads it,
+     "seg": (H, W) uint8 class ids after reduce_zero_label, 255 = ignore (None without ann_dir),
+     "img_path": str, "seg_path": str or None, "ori_shape": (H, W), "index": i}
+
+Images are decoded by OpenCV (as mmcv does), labels by Pillow without any
+conversion (palette PNGs give their indices, as mmseg's LoadAnnotations).
+Anything wrong with the files raises `DataError` naming the file and the
+problem: a missing folder or split file, unpaired images or labels, an
+unreadable or truncated file, a label of another size than its image, or
+label values outside [0, num_classes) other than the ignore index.
+"""
+import io
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .palettes import CLASSES, PALETTES, default_palette
+
+__all__ = ["DataError", "DatasetInfo", "DATASETS", "SegDataset", "build_dataset",
+           "dataset_settings", "read_image", "read_label", "reduce_zero_label"]
+
+IGNORE_INDEX = 255
+_SHOW = 5  # how many offending files an error lists
+
+
+class DataError(ValueError):
+    """Dataset files or settings are wrong; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Default settings of one dataset kind (mmsegmentation 1.x values)."""
+    classes: tuple
+    palette: tuple
+    img_suffix: str
+    seg_map_suffix: str
+    reduce_zero_label: bool
+    hint: str  # how to obtain the data, shown when the data root is missing
+
+
+DATASETS = {
+    "ade20k": DatasetInfo(CLASSES["ade20k"], PALETTES["ade20k"], ".jpg", ".png", True,
+                          "download ADEChallengeData2016.zip and unpack it there"),
+    "cityscapes": DatasetInfo(CLASSES["cityscapes"], PALETTES["cityscapes"],
+                              "_leftImg8bit.png", "_gtFine_labelTrainIds.png", False,
+                              "unpack leftImg8bit and gtFine, then make *_labelTrainIds.png "
+                              "with cityscapesscripts (mmseg's tools/dataset_converters/"
+                              "cityscapes.py)"),
+    "voc_aug": DatasetInfo(CLASSES["voc_aug"], PALETTES["voc_aug"], ".jpg", ".png", False,
+                           "unpack VOC2012 and SBD, then run mmseg's "
+                           "tools/dataset_converters/voc_aug.py"),
+    "coco_stuff164k": DatasetInfo(CLASSES["coco_stuff164k"], PALETTES["coco_stuff164k"],
+                                  ".jpg", "_labelTrainIds.png", False,
+                                  "unpack COCO 2017 images and stuffthingmaps, then run "
+                                  "mmseg's tools/dataset_converters/coco_stuff164k.py"),
+    "pascal_context59": DatasetInfo(CLASSES["pascal_context59"], PALETTES["pascal_context59"],
+                                    ".jpg", ".png", True,
+                                    "unpack VOC2010 and trainval_merged.json, then run "
+                                    "mmseg's tools/dataset_converters/pascal_context.py"),
+    "isaid": DatasetInfo(CLASSES["isaid"], PALETTES["isaid"], ".png", "_instance_color_RGB.png",
+                         False, "unpack DOTA images and iSAID masks, then run mmseg's "
+                                "tools/dataset_converters/isaid.py (896x896 patches)"),
+}
+
+
+def _fmt(items):
+    items = list(items)
+    more = f" ... and {len(items) - _SHOW} more" if len(items) > _SHOW else ""
+    return ", ".join(str(i) for i in items[:_SHOW]) + more
+
+
+# ---------------------------------------------------------------------------
+# Reading one file.
+
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _truncated(data):
+    """True when Pillow cannot decode `data` completely (it stops cleanly at the end marker)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception:  # Pillow raises several types for cut-off data
+        return True
+    return False
+
+
+def _check_complete(data, path):
+    """Catch truncated JPEG/PNG files, which OpenCV decodes silently (grey bottom rows).
+
+    A JPEG whose end marker is not near its end is confirmed with Pillow, so files
+    with harmless trailing bytes after the marker still pass.
+    """
+    if data[:2] == b"\xff\xd8":  # JPEG ends with the EOI marker FF D9
+        if data.rfind(b"\xff\xd9", max(0, len(data) - 1024)) < 0 and _truncated(data):
+            raise DataError(f"truncated image {path}: the JPEG data stops before its end "
+                            f"marker ({len(data)} bytes); re-download or re-create the file")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":  # PNG ends with the IEND chunk
+        if data.rfind(b"IEND") < 0:
+            raise DataError(f"truncated image {path}: the PNG data stops before its IEND "
+                            f"chunk ({len(data)} bytes); re-download or re-create the file")
+
+
+def read_image(path, to_rgb=True):
+    """Decode an image file with OpenCV into (H, W, 3) uint8, RGB if `to_rgb` else BGR."""
+    data = _read_bytes(path)
+    if not data:
+        raise DataError(f"empty image file {path}")
+    _check_complete(data, path)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"cannot decode image {path}: not an image OpenCV can read "
+                        f"({len(data)} bytes)")
+    if to_rgb:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def read_label(path):
+    """Decode a label map with Pillow, unchanged (palette PNGs give their indices): (H, W) uint8."""
+    data = _read_bytes(path)
+    if not data:
+        raise DataError(f"empty label file {path}")
+    _check_complete(data, path)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            mode = im.mode
+            seg = np.array(im)
+    except Exception as e:  # Pillow raises several types for corrupt data
+        raise DataError(f"cannot decode label map {path}: {e}") from None
+    if seg.ndim == 3 and seg.shape[2] == 1:
+        seg = seg[..., 0]
+    if seg.ndim != 2:
+        raise DataError(f"label map {path} has mode {mode} with shape {seg.shape}; expected a "
+                        f"single-channel image of class ids (8-bit grey or palette PNG), not "
+                        f"colours; convert colours to class ids first")
+    if seg.dtype != np.uint8:
+        if seg.size and (seg.min() < 0 or seg.max() > 255):
+            raise DataError(f"label map {path} has values from {seg.min()} to {seg.max()}; "
+                            f"class ids must fit in 0..255")
+        seg = seg.astype(np.uint8)
+    return seg
+
+
+def reduce_zero_label(seg):
+    """ADE20K / Pascal-Context convention: 0 -> 255 (ignored), every other id -1."""
+    seg = seg.astype(np.int16)
+    seg[seg == 0] = 256
+    seg = seg - 1
+    seg[seg == 254] = 255  # a 255 in the file stays ignored
+    return seg.astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Listing samples.
+
+def _scan(directory, suffix, exclude_suffix=None):
+    """Relative paths under `directory` ending with `suffix`, recursively, sorted."""
+    found = []
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        dirs.sort()
+        rel_root = os.path.relpath(root, directory)
+        for name in files:
+            if not name.endswith(suffix):
+                continue
+            if exclude_suffix and name.endswith(exclude_suffix):
+                continue
+            found.append(os.path.normpath(os.path.join(rel_root, name)))
+    return sorted(found)
+
+
+def _read_split(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f]
+    except OSError as e:
+        raise DataError(f"cannot read split file {path}: {e.strerror or e}") from None
+    names = [n for n in names if n]
+    if not names:
+        raise DataError(f"split file {path} lists no samples")
+    return names
+
+
+class SegDataset:
+    """Image/label pairs of one split; `dataset[i]` reads and checks sample i.
+
+    Args:
+        data_root: dataset folder; img_dir, ann_dir and split are relative to it
+            (absolute paths are taken as they are).
+        img_dir: folder of images.
+        ann_dir: folder of labels, a list of folders (one per split file), or None
+            for images without labels.
+        split: split file, a list of split files (paired with ann_dir), or None to
+            scan img_dir.
+        classes / palette: class names and RGB colours; num_classes = len(classes).
+        img_suffix / seg_map_suffix: file name endings of images and labels.
+        reduce_zero_label: map label 0 to 255 and every other id to id - 1.
+        to_rgb: return images in RGB order (else BGR, as OpenCV reads them).
+        name: dataset kind, used in messages.
+        hint: how to get the data, shown when data_root is missing.
+    """
+
+    def __init__(self, data_root, img_dir, ann_dir=None, split=None, *, classes,
+                 palette=None, img_suffix=".jpg", seg_map_suffix=".png",
+                 reduce_zero_label=False, ignore_index=IGNORE_INDEX, to_rgb=True,
+                 name="custom", hint=""):
+        if not classes:
+            raise DataError(f"dataset '{name}' needs class names (data.classes)")
+        self.name = name
+        self.classes = tuple(classes)
+        self.palette = tuple(tuple(int(v) for v in c) for c in
+                             (palette if palette is not None else default_palette(len(classes))))
+        if len(self.palette) != len(self.classes):
+            raise DataError(f"dataset '{name}' has {len(self.classes)} classes but "
+                            f"{len(self.palette)} palette colours; give one colour per class")
+        self.img_suffix = img_suffix
+        self.seg_map_suffix = seg_map_suffix
+        self.reduce_zero_label = bool(reduce_zero_label)
+        self.ignore_index = ignore_index
+        self.to_rgb = bool(to_rgb)
+        self.data_root = data_root
+        if not os.path.isdir(data_root):
+            fix = f"; {hint}" if hint else ""
+            raise DataError(f"data root {data_root!r} of dataset '{name}' does not exist{fix}, "
+                            f"or set data.data_root=PATH")
+        self.img_dir = self._folder(img_dir, "image folder (img_dir)")
+        self.samples = self._list_samples(ann_dir, split)
+        if not self.samples:
+            raise DataError(f"no images ending with '{img_suffix}' found in {self.img_dir}; "
+                            f"check data.img_suffix and the img_dir")
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    def _path(self, rel):
+        return rel if os.path.isabs(rel) else os.path.join(self.data_root, rel)
+
+    def _folder(self, rel, what):
+        path = self._path(rel)
+        if not os.path.isdir(path):
+            raise DataError(f"{what} {path} does not exist")
+        return path
+
+    def _list_samples(self, ann_dir, split):
+        if split is None:
+            if isinstance(ann_dir, (list, tuple)):
+                raise DataError(f"dataset '{self.name}': a list of ann_dir {list(ann_dir)} needs "
+                                f"a list of split files of the same length")
+            return self._scan_pairs(ann_dir)
+        splits = list(split) if isinstance(split, (list, tuple)) else [split]
+        anns = list(ann_dir) if isinstance(ann_dir, (list, tuple)) else [ann_dir] * len(splits)
+        if len(anns) != len(splits):
+            raise DataError(f"dataset '{self.name}': {len(anns)} ann_dir {anns} but "
+                            f"{len(splits)} split files {splits}; give one ann_dir per split")
+        samples = []
+        for ann, spl in zip(anns, splits):
+            samples += self._split_pairs(ann, spl)
+        return samples
+
+    def _scan_pairs(self, ann_dir):
+        # A label suffix that ends like the image suffix (x_mask.png vs .png) in the same
+        # folder must not make labels count as images.
+        same = ann_dir is not None and os.path.normpath(self._path(ann_dir)) == \
+            os.path.normpath(self.img_dir)
+        exclude = self.seg_map_suffix if same and self.seg_map_suffix != self.img_suffix else None
+        imgs = _scan(self.img_dir, self.img_suffix, exclude)
+        if ann_dir is None:
+            return [(os.path.join(self.img_dir, r), None) for r in imgs]
+        ann_root = self._folder(ann_dir, "label folder (ann_dir)")
+        stems = [r[:-len(self.img_suffix)] for r in imgs]
+        segs = _scan(ann_root, self.seg_map_suffix)
+        seg_stems = {r[:-len(self.seg_map_suffix)] for r in segs}
+        no_label = [os.path.join(self.img_dir, r) for r, s in zip(imgs, stems)
+                    if s not in seg_stems]
+        no_image = sorted(os.path.join(ann_root, s + self.seg_map_suffix)
+                          for s in seg_stems - set(stems))
+        if no_label or no_image:
+            parts = []
+            if no_label:
+                parts.append(f"{len(no_label)} image(s) without a label "
+                             f"'<name>{self.seg_map_suffix}' in {ann_root}: {_fmt(no_label)}")
+            if no_image:
+                parts.append(f"{len(no_image)} label(s) without an image "
+                             f"'<name>{self.img_suffix}' in {self.img_dir}: {_fmt(no_image)}")
+            raise DataError(f"unpaired files in dataset '{self.name}': " + "; ".join(parts))
+        return [(os.path.join(self.img_dir, r), os.path.join(ann_root, s + self.seg_map_suffix))
+                for r, s in zip(imgs, stems)]
+
+    def _split_pairs(self, ann_dir, split):
+        split_path = self._path(split)
+        if not os.path.isfile(split_path):
+            raise DataError(f"split file {split_path} does not exist")
+        names = _read_split(split_path)
+        ann_root = self._folder(ann_dir, "label folder (ann_dir)") if ann_dir is not None else None
+        pairs, missing = [], []
+        for n in names:
+            img = os.path.join(self.img_dir, n + self.img_suffix)
+            seg = os.path.join(ann_root, n + self.seg_map_suffix) if ann_root else None
+            if not os.path.isfile(img):
+                missing.append(img)
+            if seg is not None and not os.path.isfile(seg):
+                missing.append(seg)
+            pairs.append((img, seg))
+        if missing:
+            raise DataError(f"{len(missing)} file(s) named in split file {split_path} do not "
+                            f"exist: {_fmt(missing)}")
+        return pairs
+
+    # -----------------------------------------------------------------------
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} out of range for {len(self)} samples")
+        index = int(index) % len(self)
+        img_path, seg_path = self.samples[index]
+        img = read_image(img_path, self.to_rgb)
+        seg = None
+        if seg_path is not None:
+            seg = read_label(seg_path)
+            if seg.shape != img.shape[:2]:
+                raise DataError(f"label {seg_path} is {seg.shape[0]}x{seg.shape[1]} (HxW) but its "
+                                f"image {img_path} is {img.shape[0]}x{img.shape[1]}; they must "
+                                f"be the same size")
+            if self.reduce_zero_label:
+                seg = reduce_zero_label(seg)
+            self._check_values(seg, seg_path)
+        return {"img": img, "seg": seg, "img_path": img_path, "seg_path": seg_path,
+                "ori_shape": tuple(img.shape[:2]), "index": index}
+
+    def _check_values(self, seg, path):
+        bad = (seg >= self.num_classes) & (seg != self.ignore_index)
+        if bad.any():
+            values = np.unique(seg[bad])
+            after = " after reduce_zero_label (file value - 1)" if self.reduce_zero_label else ""
+            raise DataError(f"label {path} has value(s) {_fmt(values.tolist())}{after} outside "
+                            f"0..{self.num_classes - 1} ({self.num_classes} classes) and not the "
+                            f"ignore index {self.ignore_index} ({int(bad.sum())} pixels); check "
+                            f"data.reduce_zero_label and the number of classes")
+
+    def check(self, indices=None):
+        """Read every sample (or `indices`) and return [(index, message)] of the bad ones."""
+        bad = []
+        for i in (range(len(self)) if indices is None else indices):
+            try:
+                self[i]
+            except DataError as e:
+                bad.append((i, str(e)))
+        return bad
+
+    def __repr__(self):
+        return (f"SegDataset(name={self.name!r}, samples={len(self)}, classes={self.num_classes}, "
+                f"img_dir={self.img_dir!r}, reduce_zero_label={self.reduce_zero_label})")
+
+
+def dataset_settings(data_cfg):
+    """Resolve the dataset kind's defaults against `data_cfg` (the config's `data` section).
+
+    Returns a dict with classes, palette, img_suffix, seg_map_suffix, reduce_zero_label, hint.
+    """
+    kind = data_cfg["type"]
+    if kind == "custom":
+        if not data_cfg.get("classes"):
+            raise DataError("data.type 'custom' needs data.classes (a list of class names)")
+        info = DatasetInfo(tuple(data_cfg["classes"]), None, ".jpg", ".png", False, "")
+    elif kind in DATASETS:
+        info = DATASETS[kind]
+    else:
+        raise DataError(f"unknown dataset type {kind!r}; valid: "
+                        f"{', '.join(sorted(DATASETS) + ['custom'])}")
+    classes = tuple(data_cfg.get("classes") or info.classes)
+    if kind != "custom" and len(classes) != len(info.classes):
+        raise DataError(f"data.classes has {len(classes)} names but {kind} has "
+                        f"{len(info.classes)} classes; only renaming is supported, not subsets "
+                        f"(use data.type 'custom' with relabelled files)")
+    palette = data_cfg.get("palette")
+    if palette is None:
+        palette = info.palette if info.palette is not None else default_palette(len(classes))
+
+    def pick(key, default):
+        value = data_cfg.get(key)
+        return default if value is None else value
+
+    return {"classes": classes, "palette": tuple(tuple(c) for c in palette),
+            "img_suffix": pick("img_suffix", info.img_suffix),
+            "seg_map_suffix": pick("seg_map_suffix", info.seg_map_suffix),
+            "reduce_zero_label": pick("reduce_zero_label", info.reduce_zero_label),
+            "hint": info.hint}
+
+
+def build_dataset(data_cfg, split="train"):
+    """The `split` ("train" or "val") dataset described by the config's `data` section."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    s = dataset_settings(data_cfg)
+    part = data_cfg[split]
+    hint = s.pop("hint")
+    if data_cfg["type"] == "custom" and "demo" in os.path.basename(
+            os.path.normpath(data_cfg["data_root"])):
+        hint = "make it with: python tools/make_demo_data.py --out " + data_cfg["data_root"]
+    return SegDataset(data_cfg["data_root"], part["img_dir"], part.get("ann_dir"),
+                      part.get("split"), to_rgb=data_cfg.get("to_rgb", True),
+                      name=data_cfg["type"], hint=hint, **s)
