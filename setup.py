@@ -32,5 +32,7 @@ setup(
         "parity": ["torch==2.13.0", "mmcv-lite==2.1.0", "mmengine==0.10.7",
                    "mmsegmentation==1.2.2", "ftfy", "regex"],
         "plot": ["matplotlib>=3.5"],
+        # Only for tools/dataset_converters: Cityscapes label drawing and SBD .mat files.
+        "convert": ["cityscapesscripts>=2.2", "scipy>=1.7"],
     },
 )

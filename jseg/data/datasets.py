@@ -56,23 +56,22 @@ DATASETS = {
                           "download ADEChallengeData2016.zip and unpack it there"),
     "cityscapes": DatasetInfo(CLASSES["cityscapes"], PALETTES["cityscapes"],
                               "_leftImg8bit.png", "_gtFine_labelTrainIds.png", False,
-                              "unpack leftImg8bit and gtFine, then make *_labelTrainIds.png "
-                              "with cityscapesscripts (mmseg's tools/dataset_converters/"
-                              "cityscapes.py)"),
+                              "unpack leftImg8bit and gtFine, then run "
+                              "python tools/dataset_converters/cityscapes.py data/cityscapes"),
     "voc_aug": DatasetInfo(CLASSES["voc_aug"], PALETTES["voc_aug"], ".jpg", ".png", False,
-                           "unpack VOC2012 and SBD, then run mmseg's "
-                           "tools/dataset_converters/voc_aug.py"),
+                           "unpack VOC2012 and SBD, then run python "
+                           "tools/dataset_converters/voc_aug.py DEVKIT_PATH AUG_PATH"),
     "coco_stuff164k": DatasetInfo(CLASSES["coco_stuff164k"], PALETTES["coco_stuff164k"],
                                   ".jpg", "_labelTrainIds.png", False,
                                   "unpack COCO 2017 images and stuffthingmaps, then run "
-                                  "mmseg's tools/dataset_converters/coco_stuff164k.py"),
+                                  "python tools/dataset_converters/coco_stuff164k.py COCO_PATH"),
     "pascal_context59": DatasetInfo(CLASSES["pascal_context59"], PALETTES["pascal_context59"],
                                     ".jpg", ".png", True,
-                                    "unpack VOC2010 and trainval_merged.json, then run "
-                                    "mmseg's tools/dataset_converters/pascal_context.py"),
+                                    "unpack VOC2010 and trainval_merged.json, then run python "
+                                    "tools/dataset_converters/pascal_context.py DEVKIT JSON"),
     "isaid": DatasetInfo(CLASSES["isaid"], PALETTES["isaid"], ".png", "_instance_color_RGB.png",
-                         False, "unpack DOTA images and iSAID masks, then run mmseg's "
-                                "tools/dataset_converters/isaid.py (896x896 patches)"),
+                         False, "unpack DOTA images and iSAID masks, then run python "
+                                "tools/dataset_converters/isaid.py RAW_ROOT (896x896 patches)"),
 }
 
 
