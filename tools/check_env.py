@@ -12,11 +12,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jseg.utils.env import environment_report  # noqa: E402  (sets Jittor's env first)
 
-_HINTS = (
+_HINTS = (  # (text in Jittor's error, fix); the first match wins
     ("Python.h", "install the Python headers (Debian: apt-get install python3-dev)"),
-    ("g++", "install a C++ compiler (Debian: apt-get install g++) or set cc_path=/path/to/g++"),
-    ("cc_path", "install a C++ compiler (Debian: apt-get install g++) or set cc_path=/path/to/g++"),
-    ("libcudart", "the GPU runtime is missing; run on CPU with JSEG_DEVICE=cpu"),
+    ("--version", "install a C++ compiler (Debian: apt-get install g++) or set cc_path=/path/to/g++"),
+    ("-DHAS_CUDA", "Jittor could not build its CUDA part with this CUDA toolkit (the compiler "
+                   "errors are above; Jittor 1.3.11 fails with CUDA 13); use a CUDA 12 or older "
+                   "toolkit (nvcc_path=/path/to/nvcc) or run on CPU with JSEG_DEVICE=cpu"),
+    ("libcudart", "the CUDA runtime is missing; run on CPU with JSEG_DEVICE=cpu"),
     ("Download", "Jittor tried to download; install the offline assets: pip install jittor-offline==0.0.7"),
 )
 
@@ -28,7 +30,7 @@ def main():
         text = f"{type(e).__name__}: {e}".strip().splitlines()
         hint = next((h for key, h in _HINTS if key in str(e)),
                     "reinstall with `make setup`; if it persists, delete Jittor's cache "
-                    "(~/.cache/jittor) and retry")
+                    "(~/.cache/jittor) and retry, or run on CPU with JSEG_DEVICE=cpu")
         print(f"error: Jittor cannot start ({text[-1] if text else 'unknown error'}); fix: {hint}",
               file=sys.stderr)
         return 1
