@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[test]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,convert]"
 	@# Compiles Jittor's core on a new machine (a few minutes), then reports the device.
 	$(PY) tools/check_env.py
 	@touch $(STAMP)
@@ -19,5 +19,12 @@ $(STAMP): setup.py
 test: setup
 	$(PY) -m pytest -q tests
 
+DEMO_CFG := configs/demo/segnext_mscan-t_demo.yaml
+DEMO_DIR := work_dirs/demo
+
 demo: setup
-	$(PY) tools/demo_job.py
+	$(PY) tools/make_demo_data.py --out data/demo
+	$(PY) tools/run_net.py --config-file $(DEMO_CFG) --task train --work-dir $(DEMO_DIR) --no-progress
+	$(PY) tools/run_net.py --config-file $(DEMO_CFG) --task test --work-dir $(DEMO_DIR) \
+		--load-from $(DEMO_DIR)/checkpoints/iter_00000400.pkl --save-dir $(DEMO_DIR)/predictions
+	@echo "demo done: metrics table in $(DEMO_DIR)/train_*.log, predictions in $(DEMO_DIR)/predictions/"

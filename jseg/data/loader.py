@@ -34,7 +34,7 @@ from .datasets import DataError, build_dataset
 from .transforms import build_test_pipeline, build_train_pipeline, build_tta_pipelines
 
 __all__ = ["get_dist_info", "sample_rng", "epoch_permutation", "TrainLoader", "ValLoader",
-           "build_train_loader", "build_val_loader"]
+           "build_train_loader", "build_val_loader", "make_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,15 +103,25 @@ def _train_task(args):
     return _train_sample(w["dataset"], w["pipeline"], w["on_bad_sample"], *args)
 
 
-def _val_sample(dataset, pipelines, index):
-    sample = dataset[index]
-    seg = sample.pop("seg")
+def make_views(sample, pipelines):
+    """Run every test pipeline on `sample` ({img (H, W, 3) uint8, ori_shape, ...}).
+
+    Returns [{img (1, 3, h, w) float32, meta {ori_shape, img_shape, pad_shape,
+    scale_factor, flip}}], one per pipeline (several for multi-scale + flip).
+    """
     views = []
     for p in pipelines:
         out = p(dict(sample), None)
         img = np.ascontiguousarray(out["img"].transpose(2, 0, 1)[None], dtype=np.float32)
         meta = {k: out[k] for k in ("ori_shape", "img_shape", "pad_shape", "scale_factor", "flip")}
         views.append({"img": img, "meta": meta})
+    return views
+
+
+def _val_sample(dataset, pipelines, index):
+    sample = dataset[index]
+    seg = sample.pop("seg")
+    views = make_views(sample, pipelines)
     return {"img": views[0]["img"], "meta": views[0]["meta"], "views": views,
             "seg": None if seg is None else seg.astype(np.int32),
             "ori_shape": sample["ori_shape"], "img_path": sample["img_path"],

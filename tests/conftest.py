@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny demo data and the overrides of a tiny SegNeXt.
+
+Every test that runs a network uses TINY_OVERRIDES with the demo config, so that all of
+them share the same few Jittor kernels (each new op shape compiles once, seconds each).
+"""
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "segnext_mscan-t_demo.yaml")
+
+TINY_OVERRIDES = [
+    "model.backbone.embed_dims=[8,16,32,64]", "model.backbone.depths=[1,1,1,1]",
+    "model.backbone.drop_path_rate=0.1",
+    "model.decode_head.in_channels=[16,32,64]", "model.decode_head.channels=16",
+    "model.decode_head.ham_channels=16", "model.decode_head.norm_groups=4",
+    "model.decode_head.ham.md_r=4",
+    "data.batch_size=2", "data.num_workers=0", "data.crop_size=[48,48]",
+    "data.img_scale=[64,48]", "data.test_scale=[64,48]",
+    "train.log_interval=1", "train.eval_interval=0", "scheduler.warmup_iters=2",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """Six training and two validation demo images of 64x48 (deterministic)."""
+    from jseg.data.demo import make_demo_data
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(str(root), num_train=6, num_val=2, size=64, seed=1)
+    return str(root)

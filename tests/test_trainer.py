@@ -1,0 +1,139 @@
+"""tools/run_net.py and the training loop on a tiny SegNeXt and tiny demo data:
+exact resume, checkpoints, evaluation output, NaN stop, and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jseg.config import load_config
+from jseg.engine.checkpoint import read_checkpoint
+
+from conftest import DEMO_CONFIG, ROOT, TINY_OVERRIDES as TINY
+
+RUN_NET = os.path.join(ROOT, "tools", "run_net.py")
+
+def run_net(*args, expect=0):
+    out = subprocess.run([sys.executable, RUN_NET, "--no-progress", *args],
+                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    errors = [l for l in out.stderr.splitlines() if l.startswith(("error:", "Traceback"))]
+    assert out.returncode == expect, (out.returncode, errors, out.stderr[-3000:])
+    return out
+
+
+def train_args(demo_root, work_dir, iters, *extra):
+    return ["--config-file", DEMO_CONFIG,
+            "--task", "train", "--work-dir", str(work_dir), "--seed", "7",
+            f"data.data_root={demo_root}", *TINY, f"train.max_iters={iters}",
+            "train.checkpoint_interval=2", *extra]
+
+
+def train_records(work_dir):
+    with open(os.path.join(work_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["mode"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(demo_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("straight")
+    run_net(*train_args(demo_root, work, 4))
+    return work
+
+
+def test_resume_continues_exactly(demo_root, straight_run, tmp_path):
+    """4 iterations in one run == 2 iterations, stop, --resume auto, 2 more."""
+    run_net(*train_args(demo_root, tmp_path, 2))
+    run_net(*train_args(demo_root, tmp_path, 4), "--resume", "auto")
+    one = {r["iter"]: r["loss"] for r in train_records(straight_run)}
+    two = {r["iter"]: r["loss"] for r in train_records(tmp_path)}
+    assert sorted(one) == [1, 2, 3, 4] and sorted(two) == [1, 2, 3, 4], (one, two)
+    for it in one:
+        assert abs(one[it] - two[it]) <= 1e-6 * abs(one[it]), (it, one[it], two[it])
+    a, ca = read_checkpoint(os.path.join(straight_run, "checkpoints", "iter_00000004.pkl"), full=True)
+    b, cb = read_checkpoint(os.path.join(tmp_path, "checkpoints", "iter_00000004.pkl"), full=True)
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst <= 1e-6, f"final weights differ by {worst}"
+    for k in ca["optimizer"]["m"]:
+        np.testing.assert_allclose(ca["optimizer"]["m"][k], cb["optimizer"]["m"][k], atol=1e-9)
+    assert ca["optimizer"]["n_step"] == cb["optimizer"]["n_step"] == 4
+
+
+def test_checkpoint_contents_and_work_dir(straight_run):
+    state, ckpt = read_checkpoint(os.path.join(straight_run, "checkpoints", "iter_00000004.pkl"),
+                                  full=True)
+    assert ckpt["meta"]["iter"] == 4 and ckpt["meta"]["seed"] == 7
+    assert "model:" in ckpt["meta"]["config"] and ckpt["meta"]["jseg_version"]
+    assert set(ckpt["optimizer"]["m"]) <= set(state) and len(ckpt["optimizer"]["m"]) > 10
+    assert os.path.exists(os.path.join(straight_run, "config.yaml"))
+    assert any(n.startswith("train_") and n.endswith(".log") for n in os.listdir(straight_run))
+    cfg = load_config(os.path.join(straight_run, "config.yaml"))
+    assert cfg.model.backbone.embed_dims == [8, 16, 32, 64]
+    records = train_records(straight_run)
+    assert {"iter", "lr", "loss", "loss_ce", "acc_seg", "time", "data_time", "memory_mb"} <= set(records[0])
+    with open(os.path.join(straight_run, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["mode"] == "val"]
+    assert evals and 0.0 <= evals[-1]["mIoU"] <= 100.0, evals
+
+
+def test_val_is_repeatable_and_test_writes_predictions(demo_root, straight_run, tmp_path):
+    weights = os.path.join(straight_run, "checkpoints", "iter_00000004.pkl")
+    common = ["--config-file", DEMO_CONFIG,
+              "--load-from", weights, "--seed", "3", f"data.data_root={demo_root}", *TINY]
+    first = run_net("--task", "val", *common).stdout.strip().splitlines()[-1]
+    second = run_net("--task", "val", *common).stdout.strip().splitlines()[-1]
+    assert first == second and first.startswith("aAcc"), (first, second)
+    run_net("--task", "test", "--save-dir", str(tmp_path), *common)
+    pngs = sorted(n for n in os.listdir(tmp_path) if n.endswith(".png"))
+    overlays = sorted(os.listdir(tmp_path / "overlay"))
+    assert len(pngs) == 2 and len(overlays) == 2, (pngs, overlays)
+    import cv2
+    pred = cv2.imread(str(tmp_path / pngs[0]), cv2.IMREAD_UNCHANGED)
+    assert pred.shape == (48, 64) and pred.max() < 6, (pred.shape, pred.max())
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_checkpoints(demo_root, tmp_path):
+    run_net(*train_args(demo_root, tmp_path, 2))
+    before = open(os.path.join(tmp_path, "checkpoints", "iter_00000002.pkl"), "rb").read()
+    out = run_net(*train_args(demo_root, tmp_path, 4, "optimizer.lr=1e30"), "--resume", "auto",
+                  expect=1)
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the loss is") and "at iteration" in last, last
+    after = open(os.path.join(tmp_path, "checkpoints", "iter_00000002.pkl"), "rb").read()
+    assert before == after
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["iter_00000002.pkl"]
+
+
+@pytest.mark.parametrize("case", ["missing_config", "bad_override", "missing_weights",
+                                  "corrupt_weights", "class_mismatch", "resume_nothing",
+                                  "readonly_work_dir"])
+def test_bad_input_gives_one_line_and_exit_1(case, demo_root, straight_run, tmp_path):
+    cfg = DEMO_CONFIG
+    weights = os.path.join(straight_run, "checkpoints", "iter_00000004.pkl")
+    base = ["--config-file", cfg, f"data.data_root={demo_root}", *TINY]
+    if case == "missing_config":
+        args, needle = ["--config-file", "nope.yaml", "--task", "val"], "config file not found"
+    elif case == "bad_override":
+        args, needle = base + ["--task", "val", "train.max_iter=3"], "did you mean 'max_iters'"
+    elif case == "missing_weights":
+        args, needle = base + ["--task", "val", "--load-from", str(tmp_path / "x.pkl")], "x.pkl"
+    elif case == "corrupt_weights":
+        bad = tmp_path / "bad.pkl"
+        bad.write_bytes(open(weights, "rb").read()[:1000])
+        args, needle = base + ["--task", "val", "--load-from", str(bad)], "bad.pkl"
+    elif case == "class_mismatch":
+        args = base + ["--task", "val", "--load-from", weights, "model.decode_head.num_classes=5"]
+        needle = "The file has 6 classes and the config 5"
+    elif case == "resume_nothing":
+        args = base + ["--task", "train", "--resume", "auto", "--work-dir", str(tmp_path)]
+        needle = "no checkpoint in"
+    else:  # a work dir that cannot be created (its parent is a file); root ignores modes
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        args, needle = base + ["--task", "train", "--work-dir", str(blocker / "w")], "file"
+    out = run_net(*args, expect=1)
+    lines = [l for l in out.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
