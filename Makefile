@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,convert]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,convert,plot]"
 	@# Compiles Jittor's core on a new machine (a few minutes), then reports the device.
 	$(PY) tools/check_env.py
 	@touch $(STAMP)

@@ -105,8 +105,8 @@ def run(args):
         if not os.access(cfg.work_dir, os.W_OK):
             raise PermissionError(f"work dir {cfg.work_dir} is not writable; pass --work-dir")
         seed = args.seed if args.seed is not None else cfg.seed
-        if seed is not None:
-            jt.set_global_seed(seed)  # weight initialisation
+        if seed is not None:  # weight initialisation, the same on every rank
+            jt.set_global_seed(seed, different_seed_for_mpi=False)
         model = build_model(cfg.model)
         train(cfg, model, resume=args.resume, load_from=args.load_from, seed=args.seed,
               progress=not args.no_progress)
@@ -121,7 +121,7 @@ def run(args):
     model = build_model(cfg.model)
     load_weights(model, weights, strict=True)
     seed = args.seed if args.seed is not None else (cfg.seed if cfg.seed is not None else 0)
-    jt.set_global_seed(seed)  # NMF bases: the same seed gives the same numbers
+    jt.set_global_seed(seed)  # NMF bases: the same seed (and process count) gives the same numbers
     rank, world = (jt.rank, jt.world_size) if jt.in_mpi else (0, 1)
     loader = build_val_loader(cfg, tta=args.tta, rank=rank, world_size=world)
     on_prediction = None

@@ -185,6 +185,10 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
             seed = int(jt.array(np.array([seed])).mpi_broadcast(0).numpy()[0])
         logger.info("no seed given; using seed %d (pass --seed %d to repeat this run)", seed, seed)
 
+    if world > 1:  # every rank starts from rank 0's weights, whatever its seed
+        for var in model.state_dict().values():
+            var.assign(var.mpi_broadcast(0))
+        jt.sync_all()
     optimizer = build_optimizer(model, cfg.optimizer)
     if checkpoint is not None:
         _restore_optimizer(optimizer, checkpoint["optimizer"], resume)

@@ -122,7 +122,8 @@ class NMF2D(nn.Module):
         else:
             if not hasattr(self, "bases"):
                 # A fixed (S, D, R) basis, never trained (a buffer in PyTorch); saved in the
-                # state dict as `hamburger.ham.bases` once it exists.
+                # state dict as `hamburger.ham.bases` once it exists. Hamburger creates it at
+                # construction, so all MPI ranks start from rank 0's broadcast copy.
                 self.bases = self._build_bases(1, S, D, R).stop_grad()
             bases = self.bases.repeat(B, 1, 1)  # (S, D, R) -> (B*S, D, R)
 
@@ -145,6 +146,9 @@ class Hamburger(nn.Module):
         super().__init__()
         self.ham_in = ConvModule(ham_channels, ham_channels, 1, bias=True, act=False)
         self.ham = NMF2D(**dict(ham_kwargs or {}))
+        if not self.ham.rand_init:  # the fixed basis exists from the start (see NMF2D)
+            S = self.ham.S
+            self.ham.bases = self.ham._build_bases(1, S, ham_channels // S, self.ham.R).stop_grad()
         self.ham_out = ConvModule(ham_channels, ham_channels, 1, norm_groups=norm_groups,
                                   act=False)
 
