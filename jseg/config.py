@@ -288,7 +288,6 @@ SCHEMA = Section(
         eval_interval=Field(int, 16000, "iterations between evaluations; 0: only at the end"),
         checkpoint_interval=Field(int, 16000, "iterations between checkpoints"),
         keep_checkpoints=Field(int, 3, "how many recent checkpoints to keep"),
-        amp=Field(bool, False, "mixed precision on GPU"),
     ),
 )
 

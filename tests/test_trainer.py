@@ -174,3 +174,18 @@ def test_two_mpi_ranks_equal_one_process(demo_root, tmp_path):
     worst = max(excess, key=excess.get)
     assert excess[worst] <= 0, (worst, float(np.abs(a[worst] - b[worst]).max()),
                                 float(np.abs(a[worst]).max()))
+
+
+def test_cityscapes_label_ids_for_the_evaluation_server(demo_root, tmp_path):
+    import cv2
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from run_net import CITYSCAPES_LABEL_IDS, _writer
+    cfg = load_config(os.path.join(ROOT, "configs/segnext/segnext_mscan-t_cityscapes-1024x1024.yaml"))
+    img_path = os.path.join(demo_root, "images", "validation", "demo_00000.jpg")
+    h, w = cv2.imread(img_path).shape[:2]
+    pred = (np.arange(h * w).reshape(h, w) % 19).astype(np.int64)
+    _writer(cfg, str(tmp_path), label_ids=True)({"img_path": img_path}, pred)
+    written = cv2.imread(str(tmp_path / "demo_00000.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(written, np.array(CITYSCAPES_LABEL_IDS, np.uint8)[pred])
+    assert written[0, 0] == 7 and written[0, 18] == 33  # road, bicycle
+    assert os.path.exists(tmp_path / "overlay" / "demo_00000.jpg")

@@ -39,6 +39,9 @@ def parse_args(argv=None):
     parser.add_argument("--save-dir", help="test: folder for label maps and overlays")
     parser.add_argument("--seed", type=int, help="random seed (data order, augmentation, NMF bases)")
     parser.add_argument("--tta", action="store_true", help="val / test: multi-scale + flip")
+    parser.add_argument("--label-ids", action="store_true",
+                        help="test on Cityscapes: write label ids (for the official evaluation "
+                             "server) instead of train ids")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -59,8 +62,15 @@ def _weights_for_eval(args, cfg):
     return path
 
 
-def _writer(cfg, save_dir):
-    """on_prediction callback writing <stem>.png (class ids) and overlay/<stem>.jpg."""
+# Cityscapes train id -> label id (the official evaluation server expects label ids).
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+
+def _writer(cfg, save_dir, label_ids=False):
+    """on_prediction callback writing <stem>.png (class ids) and overlay/<stem>.jpg.
+
+    label_ids (Cityscapes): the PNGs hold label ids instead of train ids.
+    """
     import cv2
     import numpy as np
     from jseg.apis import show_result
@@ -69,9 +79,12 @@ def _writer(cfg, save_dir):
     palette = dataset_settings(cfg.data)["palette"]
     os.makedirs(os.path.join(save_dir, "overlay"), exist_ok=True)
 
+    lut = np.array(CITYSCAPES_LABEL_IDS, np.uint8) if label_ids else None
+
     def write(item, pred):
         stem = os.path.splitext(os.path.basename(item["img_path"]))[0]
-        if not cv2.imwrite(os.path.join(save_dir, f"{stem}.png"), pred.astype(np.uint8)):
+        ids = lut[pred] if lut is not None else pred.astype(np.uint8)
+        if not cv2.imwrite(os.path.join(save_dir, f"{stem}.png"), ids):
             raise OSError(f"could not write predictions for {item['img_path']} to {save_dir}")
         show_result(item["img_path"], {"pred": pred}, palette, legend=False,
                     out_file=os.path.join(save_dir, "overlay", f"{stem}.jpg"))
@@ -127,7 +140,10 @@ def run(args):
     on_prediction = None
     if args.task == "test":
         save_dir = args.save_dir or os.path.join(cfg.work_dir, "predictions")
-        on_prediction = _writer(cfg, save_dir)
+        if args.label_ids and cfg.data.type != "cityscapes":
+            raise ConfigError(f"--label-ids is for Cityscapes; this config's data.type is "
+                              f"{cfg.data.type!r}")
+        on_prediction = _writer(cfg, save_dir, label_ids=args.label_ids)
     logger.info("evaluating %s (seed %d%s)", weights, seed, ", multi-scale + flip" if args.tta else "")
     result = run_evaluation(cfg, model, loader, progress=not args.no_progress,
                             on_prediction=on_prediction)
