@@ -30,8 +30,9 @@ class NMF2D(nn.Module):
     viewed as B*S matrices X (D = C/S, N = H*W). With bases (D, R) and coefficients (N, R):
 
     1. bases: `_build_bases` draws U[0, 1) values and L2-normalises every column (over D);
-       with `rand_init=False` one basis set is drawn at the first forward, kept as the
-       attribute `bases` (S, D, R) and repeated over the batch.
+       with `rand_init=False` one basis set (S, D, R) is drawn once, kept as the attribute
+       `bases` (never trained) and repeated over the batch. `Hamburger` draws it at
+       construction; a bare NMF2D draws it at its first forward.
     2. coef = softmax(inv_t * X^T bases) over R.
     3. `train_steps` (training) or `eval_steps` (eval) multiplicative updates
        coef <- coef * (X^T bases) / (coef bases^T bases + eps),

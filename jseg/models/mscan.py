@@ -133,7 +133,7 @@ class Mlp(nn.Module):
                                 groups=hidden_features)
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden_features, in_features, 1)
-        self.drop = nn.Dropout(drop, is_train=True)
+        self.drop = nn.Dropout(drop, is_train=True) if drop > 0 else nn.Identity()
 
     def execute(self, x):
         x = self.drop(self.act(self.dwconv(self.fc1(x))))
