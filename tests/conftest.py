@@ -22,6 +22,19 @@ TINY_OVERRIDES = [
 ]
 
 
+# Whole-model parameter counts per variant and class count (facts sheet §1.8): 150 ADE20K,
+# 19 Cityscapes, 171 COCO-Stuff, 21 VOC, 59 Pascal Context, 16 iSAID.
+TOTAL_PARAMS = {
+    "t": {150: 4_263_414, 19: 4_229_747, 171: 4_268_811, 21: 4_230_261, 59: 4_240_027, 16: 4_228_976},
+    "s": {150: 13_932_886, 19: 13_899_219, 171: 13_938_283, 21: 13_899_733, 59: 13_909_499,
+          16: 13_898_448},
+    "b": {150: 27_636_310, 19: 27_569_107, 171: 27_647_083, 21: 27_570_133, 59: 27_589_627,
+          16: 27_567_568},
+    "l": {150: 48_926_550, 19: 48_792_275, 171: 48_948_075, 21: 48_794_325, 59: 48_833_275,
+          16: 48_789_200},
+}
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """Six training and two validation demo images of 64x48 (deterministic)."""

@@ -6,6 +6,7 @@ import jittor as jt
 import numpy as np
 import pytest
 
+from conftest import TOTAL_PARAMS
 from jseg.models.ham_head import LightHamHead, NMF2D
 
 # full-width heads (in_channels, channels = ham_channels), facts sheet §1.1
@@ -13,15 +14,6 @@ HEAD_WIDTHS = {"t": ((64, 160, 256), 256), "s": ((128, 320, 512), 256),
                "b": ((128, 320, 512), 512), "l": ((128, 320, 512), 1024)}
 # facts §1.8: whole-model parameters minus the backbone = head parameters per class count
 BACKBONE_PARAMS = {"t": 3_903_584, "s": 13_450_176, "b": 26_277_824, "l": 44_636_864}
-TOTAL_PARAMS = {  # classes: 150 (ADE), 19 (City), 171 (COCO-Stuff), 21 (VOC), 59 (PC), 16 (iSAID)
-    "t": {150: 4_263_414, 19: 4_229_747, 171: 4_268_811, 21: 4_230_261, 59: 4_240_027, 16: 4_228_976},
-    "s": {150: 13_932_886, 19: 13_899_219, 171: 13_938_283, 21: 13_899_733, 59: 13_909_499,
-          16: 13_898_448},
-    "b": {150: 27_636_310, 19: 27_569_107, 171: 27_647_083, 21: 27_570_133, 59: 27_589_627,
-          16: 27_567_568},
-    "l": {150: 48_926_550, 19: 48_792_275, 171: 48_948_075, 21: 48_794_325, 59: 48_833_275,
-          16: 48_789_200},
-}
 
 # the head of the tiny segmentor in test_segmentor.py (shared compiled kernels)
 TINY_HEAD = dict(in_channels=(16, 16, 16), channels=16, ham_channels=16, num_classes=5,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jittor import nn
 
+from conftest import TOTAL_PARAMS
 from jseg.models import EncoderDecoder, build_model, slide_windows
 from jseg.models.losses import accuracy, cross_entropy
 
@@ -32,15 +33,6 @@ FULL_WIDTHS = {  # variant -> backbone and head settings of the shipped configs 
     "s": ([64, 128, 320, 512], [2, 2, 4, 2], 0.1, [128, 320, 512], 256),
     "b": ([64, 128, 320, 512], [3, 3, 12, 3], 0.1, [128, 320, 512], 512),
     "l": ([64, 128, 320, 512], [3, 5, 27, 3], 0.3, [128, 320, 512], 1024),
-}
-TOTAL_PARAMS = {  # facts sheet §1.8
-    "t": {150: 4_263_414, 19: 4_229_747, 171: 4_268_811, 21: 4_230_261, 59: 4_240_027, 16: 4_228_976},
-    "s": {150: 13_932_886, 19: 13_899_219, 171: 13_938_283, 21: 13_899_733, 59: 13_909_499,
-          16: 13_898_448},
-    "b": {150: 27_636_310, 19: 27_569_107, 171: 27_647_083, 21: 27_570_133, 59: 27_589_627,
-          16: 27_567_568},
-    "l": {150: 48_926_550, 19: 48_792_275, 171: 48_948_075, 21: 48_794_325, 59: 48_833_275,
-          16: 48_789_200},
 }
 STATE_DICT_ENTRIES = {"t": 519, "s": 411, "b": 807, "l": 1419}
 
