@@ -189,3 +189,27 @@ def test_cityscapes_label_ids_for_the_evaluation_server(demo_root, tmp_path):
     np.testing.assert_array_equal(written, np.array(CITYSCAPES_LABEL_IDS, np.uint8)[pred])
     assert written[0, 0] == 7 and written[0, 18] == 33  # road, bicycle
     assert os.path.exists(tmp_path / "overlay" / "demo_00000.jpg")
+
+
+def test_ctrl_c_leaves_a_resumable_state(demo_root, tmp_path):
+    """SIGINT during training: exit 130, no half-written file, --resume auto continues."""
+    import signal
+    import time
+    cmd = [sys.executable, RUN_NET, "--no-progress",
+           *train_args(demo_root, tmp_path, 400, "train.checkpoint_interval=1")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt_dir = tmp_path / "checkpoints"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt_dir.is_dir() and any(n.endswith(".pkl") for n in os.listdir(ckpt_dir)):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    names = os.listdir(ckpt_dir)
+    assert names and all(n.startswith("iter_") and n.endswith(".pkl") for n in names), names
+    last = max(int(n[5:13]) for n in names)
+    run_net(*train_args(demo_root, tmp_path, last + 1), "--resume", "auto")
+    assert any(n == f"iter_{last + 1:08d}.pkl" for n in os.listdir(ckpt_dir))

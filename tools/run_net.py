@@ -102,9 +102,15 @@ def run(args):
         overrides.append(f"device={args.device}")
     cfg = load_config(args.config_file, overrides)
 
+    import signal
+
     import jittor as jt
     from jseg.models import build_model
     from jseg.utils.env import init_device
+
+    # Jittor installs a SIGINT handler that exits at once; Python's own turns Ctrl-C into
+    # KeyboardInterrupt, so a run stops between steps (checkpoints are written atomically).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     setup_logging(jt.rank if jt.in_mpi else 0)
     try:
