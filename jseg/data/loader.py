@@ -136,8 +136,10 @@ class _Pool:
     """A process pool whose workers hold the dataset and pipeline (sent once)."""
 
     def __init__(self, num_workers, dataset, pipeline, on_bad_sample, start_method=None):
+        # Not "fork": a child forked after OpenCV or Jittor started their thread pools can
+        # deadlock in its first OpenCV call (seen: cv2.setNumThreads hung in a worker).
         methods = mp.get_all_start_methods()
-        method = start_method or ("fork" if "fork" in methods else "spawn")
+        method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
         ctx = mp.get_context(method)
         self.pool = ctx.Pool(num_workers, initializer=_init_worker,
                              initargs=(dataset, pipeline, on_bad_sample))
