@@ -5,19 +5,30 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.jseg-installed
 
-.PHONY: setup test demo
+.PHONY: setup test demo parity
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,convert,plot]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,convert,plot,parity]"
+	@# mmengine (parity extra) pulls opencv-python, which needs libGL; keep only the
+	@# headless build of cv2, at the version pip resolved.
+	@v=$$($(PY) -c 'import importlib.metadata as m; print(m.version("opencv-python-headless"))'); \
+	if $(PY) -m pip show -q opencv-python 2>/dev/null; then \
+	  $(PY) -m pip uninstall -q -y opencv-python && \
+	  $(PY) -m pip install --disable-pip-version-check -q --force-reinstall --no-deps "opencv-python-headless==$$v"; \
+	fi
 	@# Compiles Jittor's core on a new machine (a few minutes), then reports the device.
 	$(PY) tools/check_env.py
 	@touch $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The slow parity cases too (B/L eval, S training step) against mmsegmentation.
+parity: setup
+	JSEG_PARITY_ALL=1 $(PY) -m pytest -q tests/test_parity.py
 
 DEMO_CFG := configs/demo/segnext_mscan-t_demo.yaml
 DEMO_DIR := work_dirs/demo
