@@ -68,3 +68,32 @@ def test_table_lists_every_class():
     acc.add(np.array([0, 1]), np.array([0, 1]))
     text = format_table(acc.compute(), ["sky", "road"])
     assert "sky" in text and "road" in text and "mIoU 100.00" in text
+
+
+def test_equal_to_mmseg_iou_metric():
+    """Same predictions and labels through mmseg 1.x's IoUMetric (reference stack only)."""
+    from jseg.utils.parity import ReferenceUnavailable, import_reference
+    try:
+        ref = import_reference()
+    except ReferenceUnavailable as e:
+        pytest.skip(str(e))
+    torch = ref.torch
+    from mmseg.evaluation.metrics import IoUMetric
+
+    rng = np.random.default_rng(3)
+    names = [f"c{i}" for i in range(7)]
+    metric = IoUMetric(iou_metrics=["mIoU"])
+    metric.dataset_meta = {"classes": names}
+    ours = IoUAccumulator(7)
+    for _ in range(5):
+        label = rng.integers(0, 7, size=(9, 11))
+        label[rng.random((9, 11)) < 0.15] = 255
+        label[label == 6] = 255  # class 6 never in the labels: nan IoU on both sides
+        pred = rng.integers(0, 7, size=(9, 11))
+        ours.add(pred, label)
+        metric.process([], [{"pred_sem_seg": {"data": torch.from_numpy(pred)[None]},
+                             "gt_sem_seg": {"data": torch.from_numpy(label)[None]}}])
+    theirs = metric.compute_metrics(metric.results)
+    res = ours.compute()
+    for key in ("aAcc", "mIoU", "mAcc"):
+        assert round(res[key], 2) == pytest.approx(theirs[key], abs=1e-9), (key, res[key], theirs[key])
