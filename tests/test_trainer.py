@@ -213,3 +213,32 @@ def test_ctrl_c_leaves_a_resumable_state(demo_root, tmp_path):
     last = max(int(n[5:13]) for n in names)
     run_net(*train_args(demo_root, tmp_path, last + 1), "--resume", "auto")
     assert any(n == f"iter_{last + 1:08d}.pkl" for n in os.listdir(ckpt_dir))
+
+
+def test_backbone_initialisation_is_non_strict_for_the_head_only(tmp_path):
+    """model.backbone.pretrained: backbone keys load (with or without the backbone. prefix),
+    the head keeps its init, a mis-shaped backbone key is an error."""
+    import jittor as jt
+    from jseg.engine.checkpoint import WeightsMismatchError, write_checkpoint
+    from jseg.engine.trainer import _load_backbone_init
+    from jseg.models import build_model
+
+    cfg = load_config(DEMO_CONFIG, TINY)
+    jt.set_global_seed(1)
+    source = build_model(cfg.model)
+    jt.set_global_seed(2)
+    model = build_model(cfg.model)
+    head_before = model.decode_head.conv_seg.weight.numpy().copy()
+    backbone = {k: v.numpy() for k, v in source.backbone.state_dict().items()}
+    for name, state in (("plain.pkl", backbone),
+                        ("prefixed.pkl", {f"backbone.{k}": v for k, v in backbone.items()})):
+        write_checkpoint(str(tmp_path / name), {"state_dict": state})
+        _load_backbone_init(model, str(tmp_path / name))
+        for k, v in model.backbone.state_dict().items():
+            np.testing.assert_array_equal(v.numpy(), backbone[k], err_msg=k)
+        np.testing.assert_array_equal(model.decode_head.conv_seg.weight.numpy(), head_before)
+    bad = dict(backbone)
+    bad["norm4.weight"] = np.ones(3, np.float32)
+    write_checkpoint(str(tmp_path / "bad.pkl"), {"state_dict": bad})
+    with pytest.raises(WeightsMismatchError, match=r"norm4.weight: file \(3,\) vs model \(64,\)"):
+        _load_backbone_init(model, str(tmp_path / "bad.pkl"))
