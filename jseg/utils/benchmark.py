@@ -1,0 +1,600 @@
+"""Speed and memory of a SegNeXt: eval-mode inference or one training step, optionally
+against mmsegmentation 1.2.2's PyTorch model in the same run. Used by tools/benchmark.py.
+
+What one iteration is:
+- infer: `model.inference(img)` (whole or slide, as the config's test_cfg says) in eval mode
+  under `jt.no_grad()`, then `jt.sync_all(True)`; reported per image (iteration / batch).
+- train: forward with a random label map, `optimizer.backward(loss)`, `jt.sync_all()`,
+  `optimizer.step()` (AdamW with the config's parameter groups, as the trainer does), then
+  `jt.sync_all(True)` so that the lazily executed update is inside the timed step.
+Input and labels are seeded random arrays made once, before timing. The first iterations
+compile Jittor's kernels for the shapes (seconds each): they are the warm-up, not timed.
+Reported: median, quartiles and min / max of the timed iterations, images per second
+(batch / median iteration time) and peak memory: on CPU the peak resident set size of the
+process (`resource.getrusage`, Python and the framework included); on GPU the most memory
+Jittor's allocator held (used + cached, sampled after every step).
+
+Threads (`set_threads`): one number for both frameworks. Jittor's CPU convolutions run in
+oneDNN on GNU OpenMP, which reads OMP_NUM_THREADS when it is loaded; we set that variable
+and, if libgomp is already loaded, also call its omp_set_num_threads, so the setting holds
+before or after `import jittor`. Jittor's own generated loops (element-wise ops, reductions)
+run on one core whatever the number. torch gets OMP_NUM_THREADS in its environment and
+`torch.set_num_threads(n)`. The default is OMP_NUM_THREADS if set, else the CPUs this process
+may run on. The report shows the count read back from each runtime.
+
+The PyTorch side (`vs_torch=True`) is mmseg's EncoderDecoder built from the same config
+(`jseg.utils.parity.mmseg_model_dict`) with our weights copied into it (our key names are
+mmseg 1.x's, minus `num_batches_tracked`), fed the same arrays; torch.optim.AdamW with one
+parameter group for training. Both models draw their own random NMF bases every forward,
+as upstream does. It runs in a child process (same Python) that answers one iteration per
+request over a pipe, and rounds alternate: J T, T J, J T, ... (the order flips every round,
+so slow drifts of machine load hit both alike). torch and Jittor can share a process
+(jseg.utils.parity does), but a child gives each framework its own peak RSS and keeps their
+two OpenMP runtimes (the system's libgomp, torch's bundled one) in separate processes.
+For the same reason FIX_TORCH_ERROR=0 is set before Jittor starts: otherwise `import jittor`
+imports torch whenever it is installed. The ratio printed is Jittor's median time / torch's
+median time. CPU only: the parity extra installs torch's CPU build.
+
+Pipe protocol: the parent writes one JSON object per line to the child's stdin, the child
+answers one JSON line on its stdout (its other output goes to stderr):
+  (on start)                                    -> {"ready": versions}
+  {"cmd": "setup", "model": ..., "mode": ..., "weights": npz, "inputs": npz, ...}
+                                                -> {"ok": true, "params": n,
+                                                    "torch_threads": n}
+  {"cmd": "step"}                               -> {"seconds": t}   (timed in the child)
+  {"cmd": "finite"}                             -> {"finite": bool}     (last output)
+  {"cmd": "memory"}                             -> {"mb": m, "kind": "..."}
+  {"cmd": "quit"} or end of input               -> exits
+A failure answers {"error": "...", "known": bool} and exits; "known" errors (a missing
+package, a setting mmseg cannot express) become one line, others come with the child's
+traceback.
+"""
+import ctypes
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+__all__ = ["BenchmarkError", "MODES", "VS_TORCH_HINT", "default_threads", "set_threads",
+           "openmp_threads", "torch_available", "check_settings", "make_inputs", "summarize",
+           "JittorBench", "TorchProcess", "run_benchmark", "format_report"]
+
+logger = logging.getLogger("jseg")
+
+MODES = ("infer", "train")
+VS_TORCH_HINT = ("--vs-torch needs the PyTorch reference (torch 2.13.0, mmcv-lite 2.1.0, "
+                 "mmengine 0.10.7, mmsegmentation 1.2.2); install it with: "
+                 "pip install -e .[parity]")
+_REFERENCE_PACKAGES = ("torch", "mmcv", "mmengine", "mmseg")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class BenchmarkError(ValueError):
+    """A benchmark setting is wrong or the reference cannot run; the message says why."""
+
+
+# ---------------------------------------------------------------------------
+# Threads
+
+def default_threads():
+    """OMP_NUM_THREADS if it is a positive integer, else the CPUs this process may use."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _libgomp():
+    try:
+        return ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        return None
+
+
+def set_threads(n):
+    """Use `n` OpenMP threads in Jittor's oneDNN (and in torch started after this call)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise BenchmarkError(f"the thread count must be a positive integer, got {n!r}")
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    gomp = _libgomp()
+    if gomp is not None:
+        gomp.omp_set_num_threads(n)
+
+
+def openmp_threads():
+    """Threads GNU OpenMP (Jittor's oneDNN) will use, or None without libgomp."""
+    gomp = _libgomp()
+    return int(gomp.omp_get_max_threads()) if gomp is not None else None
+
+
+def torch_available():
+    """True when torch, mmcv, mmengine and mmseg can be found (without importing them)."""
+    import importlib.util
+    return all(importlib.util.find_spec(name) is not None for name in _REFERENCE_PACKAGES)
+
+
+# ---------------------------------------------------------------------------
+# Settings, inputs, statistics
+
+def check_settings(mode, shape, batch, iters, warmup):
+    """Raise BenchmarkError for a setting that cannot be benchmarked."""
+    if mode not in MODES:
+        raise BenchmarkError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if len(shape) != 2 or any(not isinstance(v, int) or v <= 0 for v in shape):
+        raise BenchmarkError(f"--shape must be two positive integers H W, got "
+                             f"{' '.join(map(str, shape))}")
+    if batch <= 0:
+        raise BenchmarkError(f"--batch must be a positive integer, got {batch}")
+    if iters <= 0:
+        raise BenchmarkError(f"--iters must be a positive integer, got {iters}")
+    if warmup < 0:
+        raise BenchmarkError(f"--warmup must be 0 or more, got {warmup}")
+
+
+def make_inputs(batch, channels, height, width, num_classes, seed=0):
+    """Seeded N(0, 1) images (B, C, H, W) float32 and uniform labels (B, H, W) int32."""
+    rng = np.random.default_rng(seed)
+    img = rng.standard_normal((batch, channels, height, width), dtype=np.float32)
+    label = rng.integers(0, num_classes, (batch, height, width), dtype=np.int32)
+    return img, label
+
+
+def summarize(seconds, per=1):
+    """Statistics of iteration times `seconds`, each covering `per` images.
+
+    Returns milliseconds per image (per=batch) or per step (per=1): median, q1, q3, min,
+    max; and images per second for an iteration of `per` images at the median time.
+    """
+    t = np.asarray(seconds, dtype=np.float64)
+    if t.size == 0:
+        raise BenchmarkError("no timed iterations")
+    q1, median, q3 = np.percentile(t, [25, 50, 75])
+    return {"median_ms": 1e3 * median / per, "q1_ms": 1e3 * q1 / per, "q3_ms": 1e3 * q3 / per,
+            "min_ms": 1e3 * t.min() / per, "max_ms": 1e3 * t.max() / per,
+            "iterations": int(t.size)}
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------------------
+# Jittor side
+
+class JittorBench:
+    """Our model for `cfg`, ready to time one iteration with `step()`.
+
+    cfg: a loaded config (its `model`, `optimizer` and `device` are used).
+    mode: "infer" or "train"; img (B, C, H, W) float32 and label (B, H, W) int32 arrays.
+    state_dict: weights (name -> array) loaded strictly (jseg.engine.checkpoint), `source`
+    naming them in errors; None for the random initial weights of `seed`.
+    """
+
+    def __init__(self, cfg, mode, img, label, state_dict=None, source="the checkpoint", seed=0):
+        import jittor as jt
+
+        from jseg.engine.checkpoint import load_state_dict
+        from jseg.models import build_model
+        from jseg.utils.env import init_device
+
+        self.jt = jt
+        self.mode = mode
+        self.device = init_device(cfg["device"])
+        jt.set_global_seed(seed)
+        self.model = build_model(cfg["model"])
+        if state_dict is not None:
+            load_state_dict(self.model, state_dict, strict=True, source=source)
+        self.img = jt.array(img)
+        self.label = jt.array(label)
+        self.optimizer = None
+        if mode == "train":
+            from jseg.engine.optim import build_optimizer
+            self.model.train()
+            self.optimizer = build_optimizer(self.model, cfg["optimizer"])
+        else:
+            self.model.eval()
+        jt.sync_all(True)
+        self.peak_gpu = 0
+        self._last = None
+
+    def state_dict(self):
+        """name -> numpy array of every parameter and buffer."""
+        return {k: v.numpy() for k, v in self.model.state_dict().items()}
+
+    def step(self):
+        """Run one iteration; returns its wall time in seconds."""
+        jt = self.jt
+        if self.mode == "infer":
+            with jt.no_grad():
+                t0 = time.perf_counter()
+                out = self.model.inference(self.img)
+                jt.sync_all(True)
+                elapsed = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            losses = self.model(self.img, self.label)
+            out = sum(v for k, v in losses.items() if k.startswith("loss"))
+            self.optimizer.backward(out)
+            jt.sync_all()
+            self.optimizer.step()
+            jt.sync_all(True)
+            elapsed = time.perf_counter() - t0
+        self._last = out
+        if self.device == "cuda":
+            self.peak_gpu = max(self.peak_gpu, jt.get_mem_info().total_cuda_used)
+        return elapsed
+
+    def check_finite(self):
+        """Whether the last iteration's output (logits or loss) is finite everywhere."""
+        return bool(np.isfinite(self._last.numpy()).all())
+
+    def memory(self):
+        """(MiB, what it measures)."""
+        if self.device == "cuda":
+            return self.peak_gpu / 2 ** 20, "GPU, Jittor allocator"
+        return _peak_rss_mb(), "CPU, peak RSS"
+
+
+# ---------------------------------------------------------------------------
+# torch side: the child process and its parent-side handle
+
+class TorchProcess:
+    """mmseg's model in a child process; `step()` asks it for one timed iteration."""
+
+    def __init__(self, threads):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        self._tmp = tempfile.TemporaryDirectory(prefix="jseg-benchmark-")
+        self._stderr = open(os.path.join(self._tmp.name, "worker.log"), "w+", encoding="utf-8")
+        code = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
+                "from jseg.utils.benchmark import _torch_worker; _torch_worker()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, env=env,
+                                     text=True, bufsize=1)
+        self.threads = threads
+        try:
+            self.info = self._receive()["ready"]
+        except BaseException:
+            self.close()
+            raise
+
+    def _stderr_tail(self, lines=20):
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return "".join(self._stderr.readlines()[-lines:]).rstrip()
+
+    def _receive(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=30)
+            raise RuntimeError(f"the torch worker exited with code {self.proc.returncode}; "
+                               f"its stderr ends with:\n{self._stderr_tail()}")
+        reply = json.loads(line)
+        if "error" in reply:
+            if reply.get("known"):
+                raise BenchmarkError(f"PyTorch side: {reply['error']}")
+            self.proc.wait(timeout=30)
+            raise RuntimeError(f"the torch worker failed: {reply['error']}; its stderr ends "
+                               f"with:\n{self._stderr_tail()}")
+        return reply
+
+    def _ask(self, **request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._receive()
+
+    def setup(self, cfg, mode, state_dict, img, label):
+        """Build mmseg's model of `cfg` with our `state_dict` and the same inputs."""
+        weights = os.path.join(self._tmp.name, "weights.npz")
+        inputs = os.path.join(self._tmp.name, "inputs.npz")
+        np.savez(weights, **state_dict)
+        np.savez(inputs, img=img, label=label)
+        opt = cfg["optimizer"]
+        reply = self._ask(cmd="setup", model=_plain(cfg["model"]), mode=mode, weights=weights,
+                          inputs=inputs, threads=self.threads,
+                          optimizer=dict(lr=opt["lr"], betas=list(opt["betas"]), eps=opt["eps"],
+                                         weight_decay=opt["weight_decay"]))
+        return reply
+
+    def step(self):
+        return self._ask(cmd="step")["seconds"]
+
+    def check_finite(self):
+        return self._ask(cmd="finite")["finite"]
+
+    def memory(self):
+        reply = self._ask(cmd="memory")
+        return reply["mb"], reply["kind"]
+
+    def close(self):
+        """Stop the child (politely, then by its pid) and remove the temporary files."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.flush()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        self._stderr.close()
+        self._tmp.cleanup()
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _TorchBench:
+    """The child's model: mmseg's EncoderDecoder with the parent's weights, on CPU."""
+
+    def __init__(self, ref, request):
+        from jseg.utils import parity
+
+        torch = self.torch = ref.torch
+        torch.set_num_threads(int(request["threads"]))
+        self.mode = request["mode"]
+        try:
+            model = parity.build_reference_model(ref, request["model"])
+        except ValueError as e:
+            raise BenchmarkError(f"cannot build mmseg's model of this config: {e}") from None
+        with np.load(request["weights"]) as f:
+            state = {k: torch.from_numpy(f[k]) for k in f.files}
+        own = model.state_dict()
+        missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in state if k not in own]
+        misshaped = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or misshaped:
+            raise BenchmarkError(f"our weights do not fit mmseg's model: missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]}, misshaped {misshaped[:3]}")
+        model.load_state_dict(state, strict=False)
+        self.model = model
+        with np.load(request["inputs"]) as f:
+            self.img = torch.from_numpy(f["img"])
+            label = torch.from_numpy(f["label"].astype(np.int64))
+        batch, _, height, width = self.img.shape
+        shape = (height, width)
+        meta = dict(ori_shape=shape, img_shape=shape, pad_shape=shape, padding_size=[0, 0, 0, 0])
+        self.metas = [dict(meta) for _ in range(batch)]
+        self.samples = []
+        for i in range(batch):
+            sample = ref.SegDataSample(metainfo=dict(meta))
+            sample.gt_sem_seg = ref.PixelData(data=label[i][None])
+            self.samples.append(sample)
+        self.optimizer = None
+        if self.mode == "train":
+            opt = request["optimizer"]
+            self.model.train()
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt["lr"],
+                                               betas=tuple(opt["betas"]), eps=opt["eps"],
+                                               weight_decay=opt["weight_decay"])
+        else:
+            self.model.eval()
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self._last = None
+
+    def step(self):
+        torch = self.torch
+        if self.mode == "infer":
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                out = self.model.inference(self.img, self.metas)
+                elapsed = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses = self.model.loss(self.img, self.samples)
+            out = sum(v for k, v in losses.items() if "loss" in k)
+            out.backward()
+            self.optimizer.step()
+            elapsed = time.perf_counter() - t0
+        self._last = out.detach()
+        return elapsed
+
+    def finite(self):
+        return bool(self.torch.isfinite(self._last).all())
+
+    def memory(self):
+        return _peak_rss_mb(), "CPU, peak RSS"
+
+
+def _torch_worker():
+    """Entry point of the child process: answer the parent's requests (see the docstring)."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)  # anything printed by torch / mmseg goes to stderr, not into the protocol
+    sys.stdout = sys.stderr
+
+    def send(**reply):
+        proto.write(json.dumps(reply) + "\n")
+        proto.flush()
+
+    try:
+        from jseg.utils import parity
+        ref = parity.import_reference()
+        send(ready={"torch": ref.torch.__version__, "mmseg": ref.mmseg_version})
+        bench = None
+        for line in sys.stdin:
+            request = json.loads(line)
+            cmd = request.get("cmd")
+            if cmd == "setup":
+                bench = _TorchBench(ref, request)
+                send(ok=True, params=bench.params, torch_threads=ref.torch.get_num_threads())
+            elif cmd == "step":
+                send(seconds=bench.step())
+            elif cmd == "finite":
+                send(finite=bench.finite())
+            elif cmd == "memory":
+                mb, kind = bench.memory()
+                send(mb=mb, kind=kind)
+            elif cmd == "quit":
+                break
+            else:
+                raise RuntimeError(f"unknown request {cmd!r}")
+    except (ImportError, ValueError) as e:  # ReferenceUnavailable, BenchmarkError
+        send(error=str(e), known=True)
+        sys.exit(1)
+    except Exception as e:
+        import traceback
+        traceback.print_exc()
+        send(error=f"{type(e).__name__}: {e}", known=False)
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------
+# The whole run
+
+def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup=2,
+                  checkpoint=None, vs_torch=False, threads=None, seed=0, config_name=None):
+    """Time `iters` iterations after `warmup` of the model of `cfg`; see the module docstring.
+
+    threads: None for `default_threads()`. Returns a dict: the settings, "env" (versions and
+    device), "load" (1-min load average before and after), "threads" ({framework: count read
+    back from its runtime}), "results" ({framework: summarize(...) plus "img_per_s",
+    "memory_mb", "memory_kind", "finite", "seconds"}) and, with vs_torch, "ratio" (Jittor's
+    median time / torch's). Raises BenchmarkError for bad settings, for vs_torch without the
+    reference (VS_TORCH_HINT) or on GPU.
+    """
+    from jseg.engine.checkpoint import read_checkpoint
+    from jseg.utils.env import environment_report, init_device
+
+    shape = tuple(shape)
+    check_settings(mode, shape, batch, iters, warmup)
+    if vs_torch and not torch_available():
+        raise BenchmarkError(VS_TORCH_HINT)
+    # read before Jittor starts, so that a bad file fails at once (CheckpointError)
+    state_dict = read_checkpoint(checkpoint)[0] if checkpoint is not None else None
+    threads = default_threads() if threads is None else threads
+    set_threads(threads)  # before Jittor starts, if it has not yet
+    # Jittor imports torch at start whenever torch is installed (its FIX_TORCH_ERROR
+    # work-around), which would put torch's memory into Jittor's peak RSS
+    os.environ.setdefault("FIX_TORCH_ERROR", "0")
+    env = environment_report()  # imports Jittor; its "device" is the auto choice
+    device = init_device(cfg["device"])
+    if device == "cpu" and env["device"].startswith("GPU"):
+        env["device"] = f"CPU (config device {cfg['device']!r})"
+    env["numpy"] = np.__version__
+    if vs_torch and device == "cuda":
+        raise BenchmarkError("--vs-torch compares on CPU only (the parity extra installs torch's "
+                             "CPU build); add device=cpu to compare there")
+    load_before = os.getloadavg()
+    worker = TorchProcess(threads) if vs_torch else None  # imports torch while we build
+    try:
+        in_channels = cfg["model"]["backbone"]["in_channels"]
+        num_classes = cfg["model"]["decode_head"]["num_classes"]
+        img, label = make_inputs(batch, in_channels, *shape, num_classes, seed)
+        logger.info("building the models" if vs_torch else "building the model")
+        ours = JittorBench(cfg, mode, img, label, state_dict, source=checkpoint, seed=seed)
+        benches = {"jittor": ours}
+        threads_seen = {"jittor": openmp_threads()}
+        if worker is not None:
+            reply = worker.setup(cfg, mode, ours.state_dict(), img, label)
+            benches["torch"] = worker
+            threads_seen["torch"] = reply["torch_threads"]
+            env["torch"] = worker.info["torch"]
+            env["mmsegmentation"] = worker.info["mmseg"]
+        times = {name: [] for name in benches}
+        order = list(benches)
+        logger.info("%d warm-up round(s), then %d timed", warmup, iters)
+        for r in range(warmup + iters):
+            for name in (order if r % 2 == 0 else order[::-1]):  # J T, T J, J T, ...
+                seconds = benches[name].step()
+                if r >= warmup:
+                    times[name].append(seconds)
+        per = batch if mode == "infer" else 1
+        results = {}
+        for name, bench in benches.items():
+            stats = summarize(times[name], per)
+            stats["img_per_s"] = batch / (stats["median_ms"] * per / 1e3)
+            stats["memory_mb"], stats["memory_kind"] = bench.memory()
+            stats["finite"] = bench.check_finite()
+            stats["seconds"] = times[name]
+            results[name] = stats
+    finally:
+        if worker is not None:
+            worker.close()
+    test_cfg = cfg["model"]["test_cfg"]
+    result = {"config": config_name, "mode": mode, "test_mode": test_cfg["mode"],
+              "crop_size": test_cfg["crop_size"], "stride": test_cfg["stride"],
+              "shape": shape, "batch": batch, "channels": in_channels, "iters": iters,
+              "warmup": warmup, "checkpoint": checkpoint, "seed": seed, "device": device,
+              "env": env, "threads_asked": threads, "threads": threads_seen,
+              "load": (load_before[0], os.getloadavg()[0]), "cpus": os.cpu_count() or 1,
+              "torch_in_process": "torch" in sys.modules, "results": results}
+    if "torch" in results:
+        result["ratio"] = results["jittor"]["median_ms"] / results["torch"]["median_ms"]
+    return result
+
+
+def format_report(result):
+    """The result of run_benchmark as lines: settings, environment, then a small table."""
+    r = result
+    env = r["env"]
+    what = "inference" if r["mode"] == "infer" else "training step (AdamW)"
+    test = r["test_mode"]
+    if r["mode"] == "infer" and test == "slide":
+        test += f", crop {tuple(r['crop_size'])}, stride {tuple(r['stride'])}"
+    lines = []
+    if r["config"]:
+        lines.append(f"config:   {r['config']}")
+    detail = f" ({test})" if r["mode"] == "infer" else ""
+    lines.append(f"run:      {what}{detail}, input {r['batch']} x {r['channels']} x "
+                 f"{r['shape'][0]} x {r['shape'][1]}, {r['iters']} timed iteration(s) after "
+                 f"{r['warmup']} warm-up")
+    weights = r["checkpoint"] or f"random (seed {r['seed']})"
+    if "torch" in r["results"]:
+        weights += ", copied into mmseg's model"
+    lines.append(f"weights:  {weights}")
+    lines.append(f"device:   {env['device']}")
+    threads = ", ".join(f"{name} {n if n is not None else '?'}"
+                        for name, n in r["threads"].items())
+    lines.append(f"threads:  {r['threads_asked']} asked ({threads}); Jittor's own element-wise "
+                 "kernels use one core")
+    lines.append(f"load:     1-min load average {r['load'][0]:.2f} before, {r['load'][1]:.2f} "
+                 f"after, on {r['cpus']} CPU(s)")
+    versions = [f"python {env['python']}", f"jittor {env['jittor']}",
+                f"oneDNN {env['oneDNN']}", f"numpy {env['numpy']}"]
+    if "torch" in env:
+        versions += [f"torch {env['torch']}", f"mmsegmentation {env['mmsegmentation']}"]
+    lines.append("versions: " + ", ".join(versions))
+    unit = "ms/img" if r["mode"] == "infer" else "ms/step"
+    header = (f"{'framework':<10}{'median ' + unit:>15}{'IQR':>19}{'min - max':>19}"
+              f"{'img/s':>9}{'peak memory':>26}")
+    lines += ["", header]
+    for name, s in r["results"].items():
+        iqr = f"{s['q1_ms']:.1f} - {s['q3_ms']:.1f}"
+        span = f"{s['min_ms']:.1f} - {s['max_ms']:.1f}"
+        memory = f"{s['memory_mb']:.0f} MiB ({s['memory_kind']})"
+        lines.append(f"{name:<10}{s['median_ms']:>15.1f}{iqr:>19}{span:>19}"
+                     f"{s['img_per_s']:>9.2f}{memory:>26}")
+    if "ratio" in r:
+        lines.append(f"time ratio jittor / torch (medians): {r['ratio']:.2f}")
+    for name, s in r["results"].items():
+        lines.append(f"{name} iterations (s, in order): "
+                     + " ".join(f"{t:.3f}" for t in s["seconds"]))
+    if r["torch_in_process"] and r["device"] == "cpu":
+        lines.append("note: torch is loaded in Jittor's process (Jittor imports it at start "
+                     "unless FIX_TORCH_ERROR=0); its memory counts in Jittor's peak RSS")
+    bad = [name for name, s in r["results"].items() if not s["finite"]]
+    if bad:
+        lines.append(f"warning: non-finite outputs from {', '.join(bad)} (random weights?); "
+                     "such timings may not be representative")
+    return lines
