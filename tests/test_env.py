@@ -79,3 +79,10 @@ def test_init_device_rejects_unknown_and_unavailable_devices():
         with pytest.raises(RuntimeError, match="no usable GPU"):
             env.init_device("cuda")
         assert env.init_device("auto") == "cpu"
+
+
+def test_config_only_use_does_not_start_jittor():
+    out = run_python("import sys, jseg; from jseg.config import load_config; "
+                     "load_config('configs/demo/segnext_mscan-t_demo.yaml'); "
+                     "print('jittor' in sys.modules, callable(jseg.build_model))")
+    assert out.returncode == 0 and out.stdout.strip() == "False True", (out.stdout, out.stderr)
