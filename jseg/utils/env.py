@@ -2,7 +2,7 @@
 
 Jittor reads its settings from environment variables when it is first imported,
 so `configure_jittor()` must run before `import jittor`; `jseg/__init__.py`
-calls it, which makes every `import jseg...` safe. It decides two things:
+calls it, which makes every `import jseg...` safe. It decides three things:
 
 - device: without an NVIDIA driver (no `/dev/nvidia*`, no `libcuda.so.1`)
   Jittor is told there is no nvcc, so it starts on CPU instead of failing on a
@@ -11,6 +11,8 @@ calls it, which makes every `import jseg...` safe. It decides two things:
   already in its cache or shipped by the `jittor-offline` package. If neither
   is present we switch oneDNN off (`use_mkl=0`, about 40x slower convolutions)
   with one warning, instead of letting Jittor try the network.
+- torch: Jittor would import torch at start-up when installed; we turn that
+  off (`FIX_TORCH_ERROR=0`), see `configure_jittor`.
 """
 import ctypes
 import glob
@@ -75,6 +77,11 @@ def configure_jittor():
         logger.warning("jittor was imported before jseg; jseg could not choose its "
                        "device and oneDNN settings (import jseg first)")
         return
+    # Jittor imports torch at start-up when it is installed (FIX_TORCH_ERROR), which
+    # loads a second OpenMP and oneDNN into every process and changes os.RTLD_GLOBAL;
+    # with torch in the environment (the parity extra) cold kernel compiles then
+    # crashed now and then. jseg never needs torch beside Jittor, so leave it out.
+    os.environ.setdefault("FIX_TORCH_ERROR", "0")
     if not gpu_available():
         # An empty nvcc path keeps Jittor from trying CUDA without a driver.
         os.environ.setdefault("nvcc_path", "")
