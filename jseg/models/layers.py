@@ -7,13 +7,17 @@
 - The weight-initialisation rules of the references (mmcv/mmengine) as functions.
 - `resize`: bilinear resizing to an explicit size.
 - `BatchNorm2d`: Jittor's BatchNorm with PyTorch's (unbiased) running-variance update.
+- `DepthwiseConv2d`: nn.Conv2d with groups == channels that runs on the multi-threaded
+  CPU kernel of `jseg.models.kernels` when it can (same weights, same keys).
 """
 import math
 
 import jittor as jt
 from jittor import nn
 
-__all__ = ["ConvModule", "BatchNorm2d", "resize", "normal_init_", "kaiming_normal_fan_out_",
+from .kernels import bilinear_resize, depthwise_conv2d, depthwise_supported, resize_supported
+
+__all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "resize", "normal_init_", "kaiming_normal_fan_out_",
            "constant_init_"]
 
 
@@ -52,6 +56,8 @@ def resize(x, size, align_corners=False):
     size = (int(size[0]), int(size[1]))
     if tuple(x.shape[2:]) == size:
         return x
+    if resize_supported(x):
+        return bilinear_resize(x, size, align_corners)
     return nn.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
@@ -124,3 +130,20 @@ class ConvModule(nn.Module):
         if self.activate is not None:
             x = self.activate(x)
         return x
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise conv (groups == channels), (N, C, H, W) -> (N, C, H', W').
+
+    An nn.Conv2d in every respect (parameters `weight` (C, 1, kh, kw) and `bias` (C,),
+    initialisation, state-dict keys); on CPU with stride 1 and "same" padding it runs
+    the OpenMP kernel instead of Jittor's single-threaded loops.
+    """
+
+    def __init__(self, channels: int, kernel_size, padding=0):
+        super().__init__(channels, channels, kernel_size, padding=padding, groups=channels)
+
+    def execute(self, x):
+        if depthwise_supported(self, x):
+            return depthwise_conv2d(x, self.weight, self.bias)
+        return super().execute(x)

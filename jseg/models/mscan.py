@@ -22,7 +22,7 @@ import math
 import numpy as np
 from jittor import nn
 
-from .layers import BatchNorm2d, constant_init_, normal_init_
+from .layers import BatchNorm2d, DepthwiseConv2d, constant_init_, normal_init_
 
 __all__ = ["StemConv", "OverlapPatchEmbed", "MSCAAttention", "MSCASpatialAttention", "Mlp",
            "MSCABlock", "MSCAN", "MSCAN_SETTINGS", "mscan_variant"]
@@ -83,16 +83,14 @@ class MSCAAttention(nn.Module):
         if len(kernel_sizes) != len(paddings):
             raise ValueError(f"kernel_sizes {kernel_sizes} and paddings {paddings} must have the "
                              "same length")
-        self.conv0 = nn.Conv2d(channels, channels, kernel_sizes[0], padding=paddings[0],
-                               groups=channels)
+        self.conv0 = DepthwiseConv2d(channels, kernel_sizes[0], padding=paddings[0])
         self.num_branches = len(kernel_sizes) - 1
         for i, (kernel, pad) in enumerate(zip(kernel_sizes[1:], paddings[1:])):
             kernel, pad = tuple(kernel), tuple(pad)
             # conv{i}_1 is 1xk, conv{i}_2 its kx1 transpose.
-            setattr(self, f"conv{i}_1", nn.Conv2d(channels, channels, kernel, padding=pad,
-                                                  groups=channels))
-            setattr(self, f"conv{i}_2", nn.Conv2d(channels, channels, kernel[::-1],
-                                                  padding=pad[::-1], groups=channels))
+            setattr(self, f"conv{i}_1", DepthwiseConv2d(channels, kernel, padding=pad))
+            setattr(self, f"conv{i}_2", DepthwiseConv2d(channels, kernel[::-1],
+                                                        padding=pad[::-1]))
         self.conv3 = nn.Conv2d(channels, channels, 1)
 
     def execute(self, x):
@@ -129,8 +127,7 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Conv2d(in_features, hidden_features, 1)
         # A bare conv, as in mmseg 1.x (key `mlp.dwconv.weight`).
-        self.dwconv = nn.Conv2d(hidden_features, hidden_features, 3, padding=1,
-                                groups=hidden_features)
+        self.dwconv = DepthwiseConv2d(hidden_features, 3, padding=1)
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden_features, in_features, 1)
         self.drop = nn.Dropout(drop, is_train=True) if drop > 0 else nn.Identity()

@@ -1,0 +1,267 @@
+"""Multi-threaded CPU kernels for the ops Jittor runs slowly on CPU.
+
+Jittor lowers a depthwise convolution (groups == channels) to generated loops that
+run on one core; oneDNN only takes dense convolutions. SegNeXt has eight depthwise
+convs per block (5x5, three 1xk/kx1 strip pairs, the MLP's 3x3), so they dominate
+CPU time. `depthwise_conv2d` computes the same thing with OpenMP kernels written
+for the shapes SegNeXt uses: stride 1, "same" padding ((k - 1) / 2 per side). `bilinear_resize`
+replaces Jittor's interpolate, which builds the four-neighbour gather from generic
+index ops (about 190 ms of a 600 ms SegNeXt-T forward at 512x512).
+
+Every kernel here has a backward pass (a `jt.Function`); without one Jittor would
+silently give zero gradients. On CUDA, or for shapes these kernels do not cover,
+callers keep Jittor's own implementation.
+"""
+import jittor as jt
+
+__all__ = ["depthwise_conv2d", "depthwise_supported", "bilinear_resize", "resize_supported"]
+
+# x (N, C, H, W), weight (C, 1, KH, KW), bias (C,) -> out (N, C, H, W).
+# For every (n, c) plane: out = bias, then for each tap (kh, kw) add w * shifted x,
+# a contiguous inner loop over the row that the compiler vectorises.
+_FORWARD = r"""
+const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
+const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
+#pragma omp parallel for schedule(static)
+for (int nc = 0; nc < N * C; nc++) {
+    const int c = nc % C;
+    const in0_type* __restrict__ x = in0_p + (size_t)nc * H * W;
+    out_type* __restrict__ y = out_p + (size_t)nc * H * W;
+    const in1_type* w = in1_p + (size_t)c * KH * KW;
+    const out_type b = in2_p[c];
+    for (int i = 0; i < H * W; i++) y[i] = b;
+    for (int kh = 0; kh < KH; kh++) {
+        const int dh = kh - PH;
+        const int h0 = dh < 0 ? -dh : 0, h1 = dh > 0 ? H - dh : H;
+        for (int kw = 0; kw < KW; kw++) {
+            const int dw = kw - PW;
+            const int w0 = dw < 0 ? -dw : 0, w1 = dw > 0 ? W - dw : W;
+            const out_type wv = w[kh * KW + kw];
+            for (int h = h0; h < h1; h++) {
+                out_type* __restrict__ yr = y + (size_t)h * W;
+                const in0_type* __restrict__ xr = x + (size_t)(h + dh) * W + dw;
+                #pragma omp simd
+                for (int i = w0; i < w1; i++) yr[i] += wv * xr[i];
+            }
+        }
+    }
+}
+"""
+
+# dy (N, C, H, W), weight -> dx: out[h, w] collects dy[h - dh, w - dw] * w[kh, kw].
+_GRAD_INPUT = r"""
+const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
+const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
+#pragma omp parallel for schedule(static)
+for (int nc = 0; nc < N * C; nc++) {
+    const int c = nc % C;
+    const in0_type* __restrict__ dy = in0_p + (size_t)nc * H * W;
+    out_type* __restrict__ dx = out_p + (size_t)nc * H * W;
+    const in1_type* w = in1_p + (size_t)c * KH * KW;
+    for (int i = 0; i < H * W; i++) dx[i] = 0;
+    for (int kh = 0; kh < KH; kh++) {
+        const int dh = kh - PH;
+        const int h0 = dh > 0 ? dh : 0, h1 = dh < 0 ? H + dh : H;
+        for (int kw = 0; kw < KW; kw++) {
+            const int dw = kw - PW;
+            const int w0 = dw > 0 ? dw : 0, w1 = dw < 0 ? W + dw : W;
+            const out_type wv = w[kh * KW + kw];
+            for (int h = h0; h < h1; h++) {
+                out_type* __restrict__ dxr = dx + (size_t)h * W;
+                const in0_type* __restrict__ dyr = dy + (size_t)(h - dh) * W - dw;
+                #pragma omp simd
+                for (int i = w0; i < w1; i++) dxr[i] += wv * dyr[i];
+            }
+        }
+    }
+}
+"""
+
+# dy (N, C, H, W), x (N, C, H, W) -> out0 dweight (C, 1, KH, KW), out1 dbias (C,).
+# One channel per task; row sums in float (vectorised), totals in double.
+_GRAD_WEIGHT = r"""
+const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
+const int KH = out0_shape2, KW = out0_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
+#pragma omp parallel for schedule(dynamic)
+for (int c = 0; c < C; c++) {
+    double bias_total = 0;
+    for (int n = 0; n < N; n++) {
+        const in0_type* dy = in0_p + ((size_t)n * C + c) * H * W;
+        for (int h = 0; h < H; h++) {
+            float s = 0;
+            const in0_type* dyr = dy + (size_t)h * W;
+            #pragma omp simd reduction(+:s)
+            for (int i = 0; i < W; i++) s += dyr[i];
+            bias_total += s;
+        }
+    }
+    out1_p[c] = bias_total;
+    for (int kh = 0; kh < KH; kh++) {
+        const int dh = kh - PH;
+        const int h0 = dh < 0 ? -dh : 0, h1 = dh > 0 ? H - dh : H;
+        for (int kw = 0; kw < KW; kw++) {
+            const int dw = kw - PW;
+            const int w0 = dw < 0 ? -dw : 0, w1 = dw > 0 ? W - dw : W;
+            double total = 0;
+            for (int n = 0; n < N; n++) {
+                const size_t plane = ((size_t)n * C + c) * H * W;
+                for (int h = h0; h < h1; h++) {
+                    const in0_type* __restrict__ dyr = in0_p + plane + (size_t)h * W;
+                    const in1_type* __restrict__ xr = in1_p + plane + (size_t)(h + dh) * W + dw;
+                    float s = 0;
+                    #pragma omp simd reduction(+:s)
+                    for (int i = w0; i < w1; i++) s += dyr[i] * xr[i];
+                    total += s;
+                }
+            }
+            out0_p[(size_t)c * KH * KW + kh * KW + kw] = total;
+        }
+    }
+}
+"""
+
+
+class _DepthwiseConv2d(jt.Function):
+    """y = depthwise_conv(x, weight) + bias, stride 1, "same" padding, with gradients."""
+
+    def execute(self, x, weight, bias):
+        self.saved = (x, weight)
+        return jt.code(x.shape, x.dtype, [x, weight, bias], cpu_src=_FORWARD)
+
+    def grad(self, grad_out):
+        x, weight = self.saved
+        grad_x = jt.code(x.shape, x.dtype, [grad_out, weight], cpu_src=_GRAD_INPUT)
+        grad_w, grad_b = jt.code([weight.shape, (weight.shape[0],)], [weight.dtype, weight.dtype],
+                                 [grad_out, x], cpu_src=_GRAD_WEIGHT)
+        return grad_x, grad_w, grad_b
+
+
+def depthwise_supported(conv, x):
+    """True when `depthwise_conv2d` can stand in for `conv(x)` (an nn.Conv2d) here."""
+    kh, kw = conv.kernel_size
+    return (not jt.flags.use_cuda and x.dtype == "float32" and conv.bias is not None
+            and conv.groups == conv.in_channels == conv.out_channels
+            and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
+            and kh % 2 == 1 and kw % 2 == 1
+            and tuple(conv.padding) == ((kh - 1) // 2, (kw - 1) // 2))
+
+
+def depthwise_conv2d(x, weight, bias):
+    """Depthwise conv, stride 1, padding (k - 1) / 2: (N, C, H, W) -> (N, C, H, W).
+
+    weight: (C, 1, KH, KW) with odd KH and KW; bias: (C,). float32, CPU.
+    """
+    return _DepthwiseConv2d.apply(x, weight, bias)
+
+
+# Bilinear resize as PyTorch's upsample_bilinear2d computes it on CPU (float math):
+# scale = in / out (align_corners: (in - 1) / (out - 1)), source = scale * (dst + 0.5) - 0.5
+# clamped at 0 (align_corners: scale * dst), i0 = floor, i1 = i0 + 1 unless at the edge,
+# out = l0h * (l0w * x00 + l1w * x01) + l1h * (l0w * x10 + l1w * x11).
+_RESIZE_HEADER = r"""
+#include <vector>
+#include <cmath>
+#include <algorithm>
+static inline void jseg_linear_indices(int in, int out, bool align_corners,
+                                       std::vector<int>& i0, std::vector<int>& i1,
+                                       std::vector<float>& l0, std::vector<float>& l1) {
+    i0.resize(out); i1.resize(out); l0.resize(out); l1.resize(out);
+    float scale = align_corners ? (out > 1 ? (float)(in - 1) / (out - 1) : 0.f)
+                                : (float)in / out;
+    for (int d = 0; d < out; d++) {
+        float src = align_corners ? scale * d : scale * (d + 0.5f) - 0.5f;
+        if (src < 0) src = 0;
+        int lo = std::min((int)std::floor(src), in - 1);
+        float lambda = std::min(std::max(src - lo, 0.f), 1.f);
+        i0[d] = lo;
+        i1[d] = lo + (lo < in - 1 ? 1 : 0);
+        l1[d] = lambda;
+        l0[d] = 1.f - lambda;
+    }
+}
+"""
+
+_RESIZE_FORWARD = r"""
+const int NC = in0_shape0 * in0_shape1, H = in0_shape2, W = in0_shape3;
+const int OH = out_shape2, OW = out_shape3;
+std::vector<int> h0, h1, w0, w1;
+std::vector<float> lh0, lh1, lw0, lw1;
+jseg_linear_indices(H, OH, ALIGN_CORNERS, h0, h1, lh0, lh1);
+jseg_linear_indices(W, OW, ALIGN_CORNERS, w0, w1, lw0, lw1);
+#pragma omp parallel for schedule(static)
+for (int p = 0; p < NC; p++) {
+    const in0_type* x = in0_p + (size_t)p * H * W;
+    out_type* y = out_p + (size_t)p * OH * OW;
+    for (int oh = 0; oh < OH; oh++) {
+        const in0_type* r0 = x + (size_t)h0[oh] * W;
+        const in0_type* r1 = x + (size_t)h1[oh] * W;
+        const float a0 = lh0[oh], a1 = lh1[oh];
+        out_type* yr = y + (size_t)oh * OW;
+        for (int ow = 0; ow < OW; ow++) {
+            const int c0 = w0[ow], c1 = w1[ow];
+            const float b0 = lw0[ow], b1 = lw1[ow];
+            yr[ow] = a0 * (b0 * r0[c0] + b1 * r0[c1]) + a1 * (b0 * r1[c0] + b1 * r1[c1]);
+        }
+    }
+}
+"""
+
+# dy (N, C, OH, OW) -> dx (N, C, H, W): every output pixel scatters its four weights.
+# in1 is the forward input, only for its shape.
+_RESIZE_GRAD = r"""
+const int NC = in0_shape0 * in0_shape1, OH = in0_shape2, OW = in0_shape3;
+const int H = out_shape2, W = out_shape3;
+std::vector<int> h0, h1, w0, w1;
+std::vector<float> lh0, lh1, lw0, lw1;
+jseg_linear_indices(H, OH, ALIGN_CORNERS, h0, h1, lh0, lh1);
+jseg_linear_indices(W, OW, ALIGN_CORNERS, w0, w1, lw0, lw1);
+#pragma omp parallel for schedule(static)
+for (int p = 0; p < NC; p++) {
+    const in0_type* dy = in0_p + (size_t)p * OH * OW;
+    out_type* dx = out_p + (size_t)p * H * W;
+    for (int i = 0; i < H * W; i++) dx[i] = 0;
+    for (int oh = 0; oh < OH; oh++) {
+        out_type* r0 = dx + (size_t)h0[oh] * W;
+        out_type* r1 = dx + (size_t)h1[oh] * W;
+        const float a0 = lh0[oh], a1 = lh1[oh];
+        const in0_type* dyr = dy + (size_t)oh * OW;
+        for (int ow = 0; ow < OW; ow++) {
+            const int c0 = w0[ow], c1 = w1[ow];
+            const float g = dyr[ow], b0 = lw0[ow], b1 = lw1[ow];
+            r0[c0] += a0 * b0 * g;
+            r0[c1] += a0 * b1 * g;
+            r1[c0] += a1 * b0 * g;
+            r1[c1] += a1 * b1 * g;
+        }
+    }
+}
+"""
+
+
+def _resize_header(align_corners):
+    return f"#define ALIGN_CORNERS {int(bool(align_corners))}\n" + _RESIZE_HEADER
+
+
+class _BilinearResize(jt.Function):
+    """(N, C, H, W) -> (N, C, OH, OW), bilinear, with gradients."""
+
+    def execute(self, x, size, align_corners):
+        self.saved = (x, align_corners)
+        n, c = x.shape[:2]
+        return jt.code((n, c, *size), x.dtype, [x], cpu_header=_resize_header(align_corners),
+                       cpu_src=_RESIZE_FORWARD)
+
+    def grad(self, grad_out):
+        x, align_corners = self.saved
+        return jt.code(x.shape, x.dtype, [grad_out, x], cpu_header=_resize_header(align_corners),
+                       cpu_src=_RESIZE_GRAD), None, None
+
+
+def resize_supported(x):
+    """True when `bilinear_resize` can stand in for Jittor's interpolate on `x`."""
+    return not jt.flags.use_cuda and x.dtype == "float32" and x.ndim == 4
+
+
+def bilinear_resize(x, size, align_corners=False):
+    """Bilinear resize of (N, C, H, W) float32 to `size` = (OH, OW), PyTorch's arithmetic."""
+    return _BilinearResize.apply(x, (int(size[0]), int(size[1])), bool(align_corners))

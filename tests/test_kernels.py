@@ -1,0 +1,45 @@
+"""The multi-threaded CPU kernels equal Jittor's own ops, forward and backward."""
+import numpy as np
+import pytest
+
+import jseg  # noqa: F401  (configures Jittor before it is imported)
+import jittor as jt
+from jittor import nn
+
+from jseg.models.kernels import depthwise_supported
+from jseg.models.layers import DepthwiseConv2d
+
+
+def _outputs_and_grads(conv, x, upstream):
+    y = conv(x)
+    grads = jt.grad((y * upstream).sum(), [x, conv.weight, conv.bias])
+    return [t.numpy() for t in (y, *grads)]
+
+
+@pytest.mark.parametrize("kernel, padding", [(5, 2), ((1, 7), (0, 3)), ((21, 1), (10, 0)),
+                                             (3, 1)])
+def test_depthwise_kernel_matches_jittor_conv(kernel, padding):
+    jt.set_seed(0)
+    reference = nn.Conv2d(6, 6, kernel, padding=padding, groups=6)
+    fast = DepthwiseConv2d(6, kernel, padding=padding)
+    fast.weight.assign(reference.weight)
+    fast.bias.assign(reference.bias)
+    # odd sizes, a kernel taller than the input (21 > 13): border handling matters
+    x = jt.randn(2, 6, 13, 17)
+    upstream = jt.randn(2, 6, 13, 17)
+    assert depthwise_supported(fast, x)
+    expected = _outputs_and_grads(reference, x, upstream)
+    got = _outputs_and_grads(fast, x, upstream)
+    for name, e, g in zip(["output", "grad x", "grad weight", "grad bias"], expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * np.abs(e).max(), err_msg=name)
+
+
+def test_depthwise_falls_back_where_the_kernel_does_not_apply():
+    strided = DepthwiseConv2d(4, 3, padding=1)
+    strided.stride = (2, 2)
+    x = jt.randn(1, 4, 9, 9)
+    assert not depthwise_supported(strided, x)
+    assert tuple(strided(x).shape) == (1, 4, 5, 5)
+    unpadded = DepthwiseConv2d(4, 3, padding=0)
+    assert not depthwise_supported(unpadded, x)
+    assert tuple(unpadded(x).shape) == (1, 4, 7, 7)
