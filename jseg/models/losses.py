@@ -10,6 +10,8 @@ are not checked and contribute 0.
 import jittor as jt
 from jittor import nn
 
+from .kernels import accuracy_counts, cross_entropy_sum, cross_entropy_supported
+
 __all__ = ["cross_entropy", "accuracy", "CrossEntropyLoss"]
 
 
@@ -30,11 +32,18 @@ def cross_entropy(logits, label, class_weight=None, ignore_index: int = 255):
         ignore_index: label value without loss.
     """
     num_classes = logits.shape[1]
+    if class_weight is not None and len(class_weight) != num_classes:
+        raise ValueError(f"class_weight has {len(class_weight)} entries for {num_classes} "
+                         "classes")
+    if cross_entropy_supported(logits, label):
+        # fused CPU kernel: log-softmax, pick and sum in one pass, softmax recomputed in
+        # the backward instead of keeping a (B, C, H, W) log-probability tensor
+        weight = jt.array(list(class_weight) if class_weight is not None
+                          else [1.0] * num_classes, "float32")
+        pixels = label.numel()
+        return cross_entropy_sum(logits, label, weight, ignore_index).sum() / pixels
     one_hot = _one_hot_valid(label, num_classes, ignore_index)  # (B, C, H, W)
     if class_weight is not None:
-        if len(class_weight) != num_classes:
-            raise ValueError(f"class_weight has {len(class_weight)} entries for {num_classes} "
-                             "classes")
         one_hot = one_hot * jt.array(list(class_weight), "float32").reshape((1, -1, 1, 1))
     log_prob = nn.log_softmax(logits, dim=1)
     per_pixel = -(log_prob * one_hot).sum(dim=1)  # (B, H, W)
@@ -47,6 +56,9 @@ def accuracy(logits, label, ignore_index: int = 255):
     As mmseg, a float32 epsilon is added to both counts (an all-ignored batch gives 100).
     """
     eps = 1.1920928955078125e-07
+    if cross_entropy_supported(logits, label):
+        counts = accuracy_counts(logits, label, ignore_index)
+        return ((counts[0] + eps) / (counts[1] + eps) * 100.0).float32()
     with jt.no_grad():
         pred, _ = jt.argmax(logits.detach(), dim=1)  # (B, H, W)
         valid = (label != ignore_index).float32()
