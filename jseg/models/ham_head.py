@@ -12,7 +12,7 @@ Attribute names equal the PyTorch checkpoint keys (`squeeze.conv`, `squeeze.gn`,
 import jittor as jt
 from jittor import nn
 
-from .layers import ConvModule, normal_init_, resize
+from .layers import ConvModule, PointwiseConv2d, normal_init_, resize
 from .losses import CrossEntropyLoss, accuracy
 
 __all__ = ["NMF2D", "Hamburger", "LightHamHead"]
@@ -209,7 +209,7 @@ class LightHamHead(nn.Module):
         self.hamburger = Hamburger(ham_channels, norm_groups, ham_kwargs)
         self.align = ConvModule(ham_channels, channels, 1, norm_groups=norm_groups)
         self.dropout = nn.Dropout2d(dropout_ratio, is_train=True) if dropout_ratio > 0 else None
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        self.conv_seg = PointwiseConv2d(channels, num_classes)
         normal_init_(self.conv_seg, std=0.01)
         self.loss_decode = CrossEntropyLoss(loss_weight=loss_weight, class_weight=class_weight,
                                             ignore_index=ignore_index)

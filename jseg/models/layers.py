@@ -7,6 +7,8 @@
 - The weight-initialisation rules of the references (mmcv/mmengine) as functions.
 - `resize`: bilinear resizing to an explicit size.
 - `BatchNorm2d`: Jittor's BatchNorm with PyTorch's (unbiased) running-variance update.
+- `PointwiseConv2d`: a 1x1 nn.Conv2d computed as 2-D matmuls on CPU (oneDNN's
+  matmul needs no NCHW <-> NHWC reorders, its convolution does).
 - `DepthwiseConv2d`: nn.Conv2d with groups == channels that runs on the multi-threaded
   CPU kernel of `jseg.models.kernels` when it can (same weights, same keys).
 """
@@ -17,7 +19,7 @@ from jittor import nn
 
 from .kernels import bilinear_resize, depthwise_conv2d, depthwise_supported, resize_supported
 
-__all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "resize", "normal_init_", "kaiming_normal_fan_out_",
+__all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "resize", "normal_init_", "kaiming_normal_fan_out_",
            "constant_init_"]
 
 
@@ -111,8 +113,11 @@ class ConvModule(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
                  bias: bool = False, norm_groups=None, act: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
-                              padding=kernel_size // 2, bias=bias)
+        if kernel_size == 1:
+            self.conv = PointwiseConv2d(in_channels, out_channels, bias=bias)
+        else:
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
+                                  padding=kernel_size // 2, bias=bias)
         kaiming_normal_fan_out_(self.conv)
         self.gn = None
         if norm_groups is not None:
@@ -147,3 +152,29 @@ class DepthwiseConv2d(nn.Conv2d):
         if depthwise_supported(self, x):
             return depthwise_conv2d(x, self.weight, self.bias)
         return super().execute(x)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """1x1 conv, (N, C_in, H, W) -> (N, C_out, H, W); an nn.Conv2d in every respect.
+
+    On CPU it computes weight (C_out, C_in) @ x[n] (C_in, H*W) per sample: Jittor sends
+    2-D matmuls (and their gradients) to oneDNN's sgemm, which works on NCHW data as it
+    is, while its convolution path reorders activations to NHWC and back every call.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def execute(self, x):
+        if jt.flags.use_cuda or x.ndim != 4 or tuple(self.stride) != (1, 1):
+            return super().execute(x)
+        n, c, h, w = x.shape
+        weight = self.weight.reshape((self.out_channels, c))
+        flat = x.reshape((n, c, h * w))
+        if n == 1:
+            y = nn.matmul(weight, flat[0]).unsqueeze(0)
+        else:
+            y = jt.stack([nn.matmul(weight, flat[i]) for i in range(n)])
+        if self.bias is not None:
+            y = y + self.bias.reshape((1, -1, 1))
+        return y.reshape((n, self.out_channels, h, w))

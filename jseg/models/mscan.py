@@ -22,7 +22,7 @@ import math
 import numpy as np
 from jittor import nn
 
-from .layers import BatchNorm2d, DepthwiseConv2d, constant_init_, normal_init_
+from .layers import BatchNorm2d, DepthwiseConv2d, PointwiseConv2d, constant_init_, normal_init_
 
 __all__ = ["StemConv", "OverlapPatchEmbed", "MSCAAttention", "MSCASpatialAttention", "Mlp",
            "MSCABlock", "MSCAN", "MSCAN_SETTINGS", "mscan_variant"]
@@ -91,7 +91,7 @@ class MSCAAttention(nn.Module):
             setattr(self, f"conv{i}_1", DepthwiseConv2d(channels, kernel, padding=pad))
             setattr(self, f"conv{i}_2", DepthwiseConv2d(channels, kernel[::-1],
                                                         padding=pad[::-1]))
-        self.conv3 = nn.Conv2d(channels, channels, 1)
+        self.conv3 = PointwiseConv2d(channels, channels)
 
     def execute(self, x):
         attn = self.conv0(x)
@@ -108,10 +108,10 @@ class MSCASpatialAttention(nn.Module):
     def __init__(self, channels: int, kernel_sizes=(5, (1, 7), (1, 11), (1, 21)),
                  paddings=(2, (0, 3), (0, 5), (0, 10))):
         super().__init__()
-        self.proj_1 = nn.Conv2d(channels, channels, 1)
+        self.proj_1 = PointwiseConv2d(channels, channels)
         self.activation = nn.GELU()
         self.spatial_gating_unit = MSCAAttention(channels, kernel_sizes, paddings)
-        self.proj_2 = nn.Conv2d(channels, channels, 1)
+        self.proj_2 = PointwiseConv2d(channels, channels)
 
     def execute(self, x):
         shortcut = x
@@ -125,11 +125,11 @@ class Mlp(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Conv2d(in_features, hidden_features, 1)
+        self.fc1 = PointwiseConv2d(in_features, hidden_features)
         # A bare conv, as in mmseg 1.x (key `mlp.dwconv.weight`).
         self.dwconv = DepthwiseConv2d(hidden_features, 3, padding=1)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden_features, in_features, 1)
+        self.fc2 = PointwiseConv2d(hidden_features, in_features)
         self.drop = nn.Dropout(drop, is_train=True) if drop > 0 else nn.Identity()
 
     def execute(self, x):
