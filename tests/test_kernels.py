@@ -43,3 +43,33 @@ def test_depthwise_falls_back_where_the_kernel_does_not_apply():
     unpadded = DepthwiseConv2d(4, 3, padding=0)
     assert not depthwise_supported(unpadded, x)
     assert tuple(unpadded(x).shape) == (1, 4, 7, 7)
+
+
+def test_gelu_kernel_matches_the_erf_formula():
+    from math import erf, exp, pi, sqrt
+
+    from jseg.models.kernels import gelu
+    values = np.linspace(-9, 9, 2001).astype("float32")
+    x = jt.array(values)
+    y = gelu(x)
+    grad = jt.grad((y * 1.5).sum(), x)
+    expected = [0.5 * v * (1 + erf(v / sqrt(2))) for v in values.astype(float)]
+    expected_grad = [1.5 * (0.5 * (1 + erf(v / sqrt(2))) + v * exp(-v * v / 2) / sqrt(2 * pi))
+                     for v in values.astype(float)]
+    np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=0, atol=2e-6)
+
+
+def test_pointwise_conv_matches_jittor_conv():
+    from jseg.models.layers import PointwiseConv2d
+    jt.set_seed(1)
+    reference = nn.Conv2d(6, 5, 1)
+    fast = PointwiseConv2d(6, 5)
+    fast.weight.assign(reference.weight)
+    fast.bias.assign(reference.bias)
+    x = jt.randn(2, 6, 13, 17)
+    upstream = jt.randn(2, 5, 13, 17)
+    expected = _outputs_and_grads(reference, x, upstream)
+    got = _outputs_and_grads(fast, x, upstream)
+    for name, e, g in zip(["output", "grad x", "grad weight", "grad bias"], expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * np.abs(e).max(), err_msg=name)

@@ -14,7 +14,9 @@ callers keep Jittor's own implementation.
 """
 import jittor as jt
 
-__all__ = ["depthwise_conv2d", "depthwise_supported", "bilinear_resize", "resize_supported"]
+__all__ = ["depthwise_conv2d", "depthwise_supported", "bilinear_resize", "resize_supported",
+           "cross_entropy_sum", "cross_entropy_supported", "accuracy_counts", "gelu",
+           "add_channel_bias"]
 
 # x (N, C, H, W), weight (C, 1, KH, KW), bias (C,) -> out (N, C, H, W).
 # For every (n, c) plane: out = bias, then for each tap (kh, kw) add w * shifted x,
@@ -437,3 +439,117 @@ def accuracy_counts(logits, label, ignore_index):
     """(2,) float64 Var: pixels whose argmax equals the label, and labelled pixels."""
     return jt.code((2,), "float64", [logits.detach(), label], cpu_header=_ce_header(ignore_index),
                    cpu_src=_ACCURACY)
+
+
+# erf(x) as a rational function of x (Eigen's float erf, clamped to [-4, 4] where
+# erf is +-1 in float); a few ulp, and it vectorises, unlike std::erf.
+_FAST_ERF = r"""
+static inline float jseg_erf(float x) {
+    x = std::min(std::max(x, -4.f), 4.f);
+    const float x2 = x * x;
+    float p = -2.72614225801306e-10f;
+    p = p * x2 + 2.77068142495902e-08f;
+    p = p * x2 - 2.10102402082508e-06f;
+    p = p * x2 - 5.69250639462346e-05f;
+    p = p * x2 - 7.34990630326855e-04f;
+    p = p * x2 - 2.95459980854025e-03f;
+    p = p * x2 - 1.60960333262415e-02f;
+    float q = -1.45660718464996e-05f;
+    q = q * x2 - 2.13374055278905e-04f;
+    q = q * x2 - 1.68282697438203e-03f;
+    q = q * x2 - 7.37332916720468e-03f;
+    q = q * x2 - 1.42647390514189e-02f;
+    return x * p / q;
+}
+"""
+
+# gelu(x) = x / 2 * (1 + erf(x / sqrt 2)), PyTorch's default (not the tanh form).
+_GELU_FORWARD = r"""
+const size_t n = in0->num;
+#pragma omp parallel for simd schedule(static)
+for (size_t i = 0; i < n; i++) {
+    const float x = in0_p[i];
+    out_p[i] = 0.5f * x * (1.f + jseg_erf(x * 0.70710678118654752f));
+}
+"""
+
+# d gelu / dx = (1 + erf(x / sqrt 2)) / 2 + x exp(-x^2 / 2) / sqrt(2 pi)
+_GELU_GRAD = r"""
+const size_t n = in0->num;
+#pragma omp parallel for simd schedule(static)
+for (size_t i = 0; i < n; i++) {
+    const float x = in0_p[i];
+    const float cdf = 0.5f * (1.f + jseg_erf(x * 0.70710678118654752f));
+    const float pdf = 0.39894228040143268f * jseg_exp(-0.5f * x * x);
+    out_p[i] = in1_p[i] * (cdf + x * pdf);
+}
+"""
+
+
+class _GELU(jt.Function):
+    def execute(self, x):
+        self.saved = x
+        return jt.code(x.shape, x.dtype, [x], cpu_header=_FAST_EXP + _FAST_ERF,
+                       cpu_src=_GELU_FORWARD)
+
+    def grad(self, grad_out):
+        return jt.code(self.saved.shape, self.saved.dtype, [self.saved, grad_out],
+                       cpu_header=_FAST_EXP + _FAST_ERF, cpu_src=_GELU_GRAD)
+
+
+def gelu(x):
+    """Exact-erf GELU on the multi-threaded CPU kernel, else Jittor's `nn.gelu`."""
+    if jt.flags.use_cuda or x.dtype != "float32":
+        return jt.nn.gelu(x)
+    return _GELU.apply(x)
+
+
+# x (N, C, L), bias (C,) -> x + bias[c]
+_BIAS_FORWARD = r"""
+const int N = in0_shape0, C = in0_shape1, L = in0_shape2;
+#pragma omp parallel for schedule(static)
+for (int nc = 0; nc < N * C; nc++) {
+    const float b = in1_p[nc % C];
+    const in0_type* x = in0_p + (size_t)nc * L;
+    out_type* y = out_p + (size_t)nc * L;
+    #pragma omp simd
+    for (int i = 0; i < L; i++) y[i] = x[i] + b;
+}
+"""
+
+# dy (N, C, L) -> dbias (C,): row sums in float (vectorised), totals in double
+_BIAS_GRAD = r"""
+const int N = in0_shape0, C = in0_shape1, L = in0_shape2;
+#pragma omp parallel for schedule(static)
+for (int c = 0; c < C; c++) {
+    double total = 0;
+    for (int n = 0; n < N; n++) {
+        const in0_type* g = in0_p + ((size_t)n * C + c) * L;
+        for (int i0 = 0; i0 < L; i0 += 1024) {
+            const int i1 = std::min(L, i0 + 1024);
+            float s = 0;
+            #pragma omp simd reduction(+:s)
+            for (int i = i0; i < i1; i++) s += g[i];
+            total += s;
+        }
+    }
+    out_p[c] = total;
+}
+"""
+
+
+class _AddChannelBias(jt.Function):
+    def execute(self, x, bias):
+        return jt.code(x.shape, x.dtype, [x, bias], cpu_src=_BIAS_FORWARD)
+
+    def grad(self, grad_out):
+        grad_bias = jt.code((grad_out.shape[1],), grad_out.dtype, [grad_out],
+                            cpu_header="#include <algorithm>", cpu_src=_BIAS_GRAD)
+        return grad_out, grad_bias
+
+
+def add_channel_bias(x, bias):
+    """(N, C, L) + bias (C,) broadcast over N and L, multi-threaded on CPU."""
+    if jt.flags.use_cuda or x.dtype != "float32" or x.ndim != 3:
+        return x + bias.reshape((1, -1, 1))
+    return _AddChannelBias.apply(x, bias)

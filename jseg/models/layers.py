@@ -9,6 +9,7 @@
 - `BatchNorm2d`: Jittor's BatchNorm with PyTorch's (unbiased) running-variance update.
 - `PointwiseConv2d`: a 1x1 nn.Conv2d computed as 2-D matmuls on CPU (oneDNN's
   matmul needs no NCHW <-> NHWC reorders, its convolution does).
+- `GELU`: exact (erf) GELU on the multi-threaded CPU kernel.
 - `DepthwiseConv2d`: nn.Conv2d with groups == channels that runs on the multi-threaded
   CPU kernel of `jseg.models.kernels` when it can (same weights, same keys).
 """
@@ -17,9 +18,9 @@ import math
 import jittor as jt
 from jittor import nn
 
-from .kernels import bilinear_resize, depthwise_conv2d, depthwise_supported, resize_supported
+from .kernels import add_channel_bias, bilinear_resize, depthwise_conv2d, depthwise_supported, gelu, resize_supported
 
-__all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "resize", "normal_init_", "kaiming_normal_fan_out_",
+__all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "GELU", "resize", "normal_init_", "kaiming_normal_fan_out_",
            "constant_init_"]
 
 
@@ -176,5 +177,12 @@ class PointwiseConv2d(nn.Conv2d):
         else:
             y = jt.stack([nn.matmul(weight, flat[i]) for i in range(n)])
         if self.bias is not None:
-            y = y + self.bias.reshape((1, -1, 1))
+            y = add_channel_bias(y, self.bias)
         return y.reshape((n, self.out_channels, h, w))
+
+
+class GELU(nn.Module):
+    """x / 2 * (1 + erf(x / sqrt 2)) (PyTorch's default GELU), any shape."""
+
+    def execute(self, x):
+        return gelu(x)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from jittor import nn
 
-from .layers import BatchNorm2d, DepthwiseConv2d, PointwiseConv2d, constant_init_, normal_init_
+from .layers import GELU, BatchNorm2d, DepthwiseConv2d, PointwiseConv2d, constant_init_, normal_init_
 
 __all__ = ["StemConv", "OverlapPatchEmbed", "MSCAAttention", "MSCASpatialAttention", "Mlp",
            "MSCABlock", "MSCAN", "MSCAN_SETTINGS", "mscan_variant"]
@@ -42,7 +42,7 @@ class StemConv(nn.Module):
         self.proj = nn.Sequential(
             nn.Conv2d(in_channels, out_channels // 2, 3, stride=2, padding=1),
             BatchNorm2d(out_channels // 2),
-            nn.GELU(),
+            GELU(),
             nn.Conv2d(out_channels // 2, out_channels, 3, stride=2, padding=1),
             BatchNorm2d(out_channels),
         )
@@ -109,7 +109,7 @@ class MSCASpatialAttention(nn.Module):
                  paddings=(2, (0, 3), (0, 5), (0, 10))):
         super().__init__()
         self.proj_1 = PointwiseConv2d(channels, channels)
-        self.activation = nn.GELU()
+        self.activation = GELU()
         self.spatial_gating_unit = MSCAAttention(channels, kernel_sizes, paddings)
         self.proj_2 = PointwiseConv2d(channels, channels)
 
@@ -128,7 +128,7 @@ class Mlp(nn.Module):
         self.fc1 = PointwiseConv2d(in_features, hidden_features)
         # A bare conv, as in mmseg 1.x (key `mlp.dwconv.weight`).
         self.dwconv = DepthwiseConv2d(hidden_features, 3, padding=1)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.fc2 = PointwiseConv2d(hidden_features, in_features)
         self.drop = nn.Dropout(drop, is_train=True) if drop > 0 else nn.Identity()
 
