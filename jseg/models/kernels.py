@@ -16,7 +16,7 @@ import jittor as jt
 
 __all__ = ["depthwise_conv2d", "depthwise_supported", "bilinear_resize", "resize_supported",
            "cross_entropy_sum", "cross_entropy_supported", "accuracy_counts", "gelu",
-           "add_channel_bias"]
+           "add_channel_bias", "batched_weight_matmul"]
 
 # x (N, C, H, W), weight (C, 1, KH, KW), bias (C,) -> out (N, C, H, W).
 # For every (n, c) plane: out = bias, then for each tap (kh, kw) add w * shifted x,
@@ -553,3 +553,35 @@ def add_channel_bias(x, bias):
     if jt.flags.use_cuda or x.dtype != "float32" or x.ndim != 3:
         return x + bias.reshape((1, -1, 1))
     return _AddChannelBias.apply(x, bias)
+
+
+def _per_sample(fn, n):
+    """Stack fn(0), ..., fn(n - 1) along a new first axis (no copy when n == 1)."""
+    return fn(0).unsqueeze(0) if n == 1 else jt.stack([fn(i) for i in range(n)])
+
+
+class _BatchedWeightMatmul(jt.Function):
+    """weight (O, C) @ x[n] (C, L) for every n, as 2-D matmuls in both directions.
+
+    Slicing x per sample under autograd would add a zero-filled scatter and a sum per
+    sample in the backward; here the backward is the matmuls and one stack.
+    """
+
+    def execute(self, x, weight):
+        self.saved = (x, weight)
+        return _per_sample(lambda i: jt.nn.matmul(weight, x[i]), x.shape[0])
+
+    def grad(self, grad_out):
+        x, weight = self.saved
+        n = x.shape[0]
+        weight_t = weight.transpose()
+        grad_x = _per_sample(lambda i: jt.nn.matmul(weight_t, grad_out[i]), n)
+        grad_w = jt.nn.matmul_transpose(grad_out[0], x[0])
+        for i in range(1, n):
+            grad_w = grad_w + jt.nn.matmul_transpose(grad_out[i], x[i])
+        return grad_x, grad_w
+
+
+def batched_weight_matmul(weight, x):
+    """(O, C) @ (N, C, L) -> (N, O, L) on oneDNN's sgemm, with gradients."""
+    return _BatchedWeightMatmul.apply(x, weight)

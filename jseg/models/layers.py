@@ -18,7 +18,7 @@ import math
 import jittor as jt
 from jittor import nn
 
-from .kernels import add_channel_bias, bilinear_resize, depthwise_conv2d, depthwise_supported, gelu, resize_supported
+from .kernels import add_channel_bias, batched_weight_matmul, bilinear_resize, depthwise_conv2d, depthwise_supported, gelu, resize_supported
 
 __all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "GELU", "resize", "normal_init_", "kaiming_normal_fan_out_",
            "constant_init_"]
@@ -171,11 +171,7 @@ class PointwiseConv2d(nn.Conv2d):
             return super().execute(x)
         n, c, h, w = x.shape
         weight = self.weight.reshape((self.out_channels, c))
-        flat = x.reshape((n, c, h * w))
-        if n == 1:
-            y = nn.matmul(weight, flat[0]).unsqueeze(0)
-        else:
-            y = jt.stack([nn.matmul(weight, flat[i]) for i in range(n)])
+        y = batched_weight_matmul(weight, x.reshape((n, c, h * w)))
         if self.bias is not None:
             y = add_channel_bias(y, self.bias)
         return y.reshape((n, self.out_channels, h, w))
