@@ -23,17 +23,24 @@ NMF_EPS = 1e-6
 L2_EPS = 1e-12
 
 
-def _bmm(a, b):
-    """Batched matmul (B, n, k) @ (B, k, m) -> (B, n, m).
+def _sample(a, i):
+    """a[i] of a (B, n, m) Var; a free reshape when B == 1."""
+    return a.reshape(a.shape[1:]) if a.shape[0] == 1 else a[i]
 
-    On CPU as B 2-D matmuls, which Jittor hands to oneDNN; its batched matmul runs as
-    generated single-core loops (about 4x slower for the NMF shapes).
+
+def _bmm(a, b, transpose_b=False):
+    """Batched matmul (B, n, k) @ (B, k, m) -> (B, n, m); b is (B, m, k) if transpose_b.
+
+    On CPU as B 2-D matmuls, which Jittor hands to oneDNN (with the transpose as a flag,
+    not a copy); its batched matmul runs as generated single-core loops (about 4x slower
+    for the NMF shapes).
     """
     if jt.flags.use_cuda:
-        return nn.bmm(a, b)
+        return nn.bmm_transpose(a, b) if transpose_b else nn.bmm(a, b)
+    mm = nn.matmul_transpose if transpose_b else nn.matmul
     if a.shape[0] == 1:
-        return nn.matmul(a[0], b[0]).unsqueeze(0)
-    return jt.stack([nn.matmul(a[i], b[i]) for i in range(a.shape[0])])
+        return mm(_sample(a, 0), _sample(b, 0)).unsqueeze(0)
+    return jt.stack([mm(a[i], b[i]) for i in range(a.shape[0])])
 
 
 class NMF2D(nn.Module):
@@ -97,31 +104,35 @@ class NMF2D(nn.Module):
         norm = (bases * bases).sum(dim=1, keepdims=True).sqrt()
         return bases / jt.maximum(norm, L2_EPS)
 
-    @staticmethod
-    def _update_coef(x, bases, coef):
-        # (B*S, N, D) @ (B*S, D, R) -> (B*S, N, R)
-        numerator = _bmm(x.permute(0, 2, 1), bases)
-        # (B*S, R, D) @ (B*S, D, R) -> (B*S, R, R); (B*S, N, R) @ (B*S, R, R) -> (B*S, N, R)
-        denominator = _bmm(coef, _bmm(bases.permute(0, 2, 1), bases))
-        return coef * numerator / (denominator + NMF_EPS)
+    # The coefficients are kept transposed, coef_t = coef^T (B*S, R, N), so that no product
+    # needs the (N, D) transpose of x: X^T bases = (bases^T X)^T, X coef = X coef_t^T.
 
     @staticmethod
-    def _update_bases(x, bases, coef):
-        # (B*S, D, N) @ (B*S, N, R) -> (B*S, D, R)
-        numerator = _bmm(x, coef)
-        # (B*S, R, N) @ (B*S, N, R) -> (B*S, R, R); (B*S, D, R) @ (B*S, R, R) -> (B*S, D, R)
-        denominator = _bmm(bases, _bmm(coef.permute(0, 2, 1), coef))
+    def _update_coef(x, bases, coef_t):
+        """coef <- coef * (X^T bases) / (coef bases^T bases + eps), transposed."""
+        bases_t = bases.permute(0, 2, 1)  # (B*S, R, D), small
+        numerator = _bmm(bases_t, x)  # (B*S, R, D) @ (B*S, D, N) -> (B*S, R, N)
+        gram = _bmm(bases_t, bases)  # (B*S, R, R), symmetric
+        denominator = _bmm(gram.permute(0, 2, 1), coef_t)  # (coef gram)^T = gram^T coef_t
+        return coef_t * numerator / (denominator + NMF_EPS)
+
+    @staticmethod
+    def _update_bases(x, bases, coef_t):
+        """bases <- bases * (X coef) / (bases coef^T coef + eps)."""
+        numerator = _bmm(x, coef_t, transpose_b=True)  # (B*S, D, N) @ (B*S, N, R) -> (B*S, D, R)
+        gram = _bmm(coef_t, coef_t, transpose_b=True)  # (B*S, R, N) @ (B*S, N, R) -> (B*S, R, R)
+        denominator = _bmm(bases, gram)  # (B*S, D, R)
         return bases * numerator / (denominator + NMF_EPS)
 
     def _local_inference(self, x, bases):
-        """Coefficient init and the multiplicative-update loop (steps 2-3)."""
-        # (B*S, N, D) @ (B*S, D, R) -> (B*S, N, R)
-        coef = nn.softmax(self.inv_t * _bmm(x.permute(0, 2, 1), bases), dim=-1)
+        """Coefficient init and the multiplicative-update loop (steps 2-3); coef transposed."""
+        # softmax over R of X^T bases, computed as bases^T X (B*S, R, N), softmax over dim 1
+        coef_t = nn.softmax(self.inv_t * _bmm(bases.permute(0, 2, 1), x), dim=1)
         steps = self.train_steps if self.is_training() else self.eval_steps
         for _ in range(steps):
-            coef = self._update_coef(x, bases, coef)
-            bases = self._update_bases(x, bases, coef)
-        return bases, coef
+            coef_t = self._update_coef(x, bases, coef_t)
+            bases = self._update_bases(x, bases, coef_t)
+        return bases, coef_t
 
     def execute(self, x):
         B, C, H, W = x.shape
@@ -143,14 +154,14 @@ class NMF2D(nn.Module):
 
         if self.grad_mode == "one_step":
             with jt.no_grad():
-                bases, coef = self._local_inference(x.detach(), bases.detach())
-            bases, coef = bases.detach(), coef.detach()
+                bases, coef_t = self._local_inference(x.detach(), bases.detach())
+            bases, coef_t = bases.detach(), coef_t.detach()
         else:
-            bases, coef = self._local_inference(x, bases)
+            bases, coef_t = self._local_inference(x, bases)
 
-        coef = self._update_coef(x, bases, coef)  # compute_coef, always with gradient
-        # (B*S, D, R) @ (B*S, R, N) -> (B*S, D, N) -> (B, C, H, W)
-        return _bmm(bases, coef.permute(0, 2, 1)).reshape((B, C, H, W))
+        coef_t = self._update_coef(x, bases, coef_t)  # compute_coef, always with gradient
+        # bases coef^T: (B*S, D, R) @ (B*S, R, N) -> (B*S, D, N) -> (B, C, H, W)
+        return _bmm(bases, coef_t).reshape((B, C, H, W))
 
 
 class Hamburger(nn.Module):
