@@ -16,108 +16,135 @@ import jittor as jt
 
 __all__ = ["depthwise_conv2d", "depthwise_supported", "bilinear_resize", "resize_supported",
            "cross_entropy_sum", "cross_entropy_supported", "accuracy_counts", "gelu",
-           "add_channel_bias", "batched_weight_matmul"]
+           "add_channel_bias", "batched_weight_matmul", "group_norm", "group_norm_supported"]
 
-# x (N, C, H, W), weight (C, 1, KH, KW), bias (C,) -> out (N, C, H, W).
-# For every (n, c) plane: out = bias, then for each tap (kh, kw) add w * shifted x,
-# a contiguous inner loop over the row that the compiler vectorises.
-_FORWARD = r"""
-const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
-const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
-#pragma omp parallel for schedule(static)
-for (int nc = 0; nc < N * C; nc++) {
-    const int c = nc % C;
-    const in0_type* __restrict__ x = in0_p + (size_t)nc * H * W;
-    out_type* __restrict__ y = out_p + (size_t)nc * H * W;
-    const in1_type* w = in1_p + (size_t)c * KH * KW;
-    const out_type b = in2_p[c];
-    for (int i = 0; i < H * W; i++) y[i] = b;
-    for (int kh = 0; kh < KH; kh++) {
-        const int dh = kh - PH;
-        const int h0 = dh < 0 ? -dh : 0, h1 = dh > 0 ? H - dh : H;
-        for (int kw = 0; kw < KW; kw++) {
-            const int dw = kw - PW;
-            const int w0 = dw < 0 ? -dw : 0, w1 = dw > 0 ? W - dw : W;
-            const out_type wv = w[kh * KW + kw];
-            for (int h = h0; h < h1; h++) {
-                out_type* __restrict__ yr = y + (size_t)h * W;
-                const in0_type* __restrict__ xr = x + (size_t)(h + dh) * W + dw;
+# Shared by the three depthwise kernels: a (H, W) plane copied into a zero-bordered
+# (H + 2 PH, W + 2 PW) buffer, so that no loop needs a border test.
+_DEPTHWISE_HEADER = r"""
+#include <vector>
+#include <algorithm>
+template <typename T>
+static inline void jseg_pad_plane(const T* src, int H, int W, int PH, int PW, float* dst) {
+    const int WP = W + 2 * PW;
+    std::fill(dst, dst + (size_t)(H + 2 * PH) * WP, 0.f);
+    for (int h = 0; h < H; h++)
+        std::copy(src + (size_t)h * W, src + (size_t)(h + 1) * W, dst + (size_t)(h + PH) * WP + PW);
+}
+// y[h, w] = bias + sum_{kh, kw} k[kh, kw] * xp[h + kh, w + kw], one output row at a
+// time; taps go four at a time (four shifted input rows per pass over the output row,
+// so five loads and one store per four multiply-adds), vectorised over w.
+static inline void jseg_correlate(const float* xp, int H, int W, int KH, int KW,
+                                  const float* k, float bias, float* y) {
+    const int WP = W + KW - 1, T = KH * KW;
+    for (int h = 0; h < H; h++) {
+        float* __restrict__ yr = y + (size_t)h * W;
+        const float* base = xp + (size_t)h * WP;
+        int t = 0;
+        for (; t + 4 <= T; t += 4) {
+            const float* __restrict__ p0 = base + (size_t)(t / KW) * WP + t % KW;
+            const float* __restrict__ p1 = base + (size_t)((t + 1) / KW) * WP + (t + 1) % KW;
+            const float* __restrict__ p2 = base + (size_t)((t + 2) / KW) * WP + (t + 2) % KW;
+            const float* __restrict__ p3 = base + (size_t)((t + 3) / KW) * WP + (t + 3) % KW;
+            const float k0 = k[t], k1 = k[t + 1], k2 = k[t + 2], k3 = k[t + 3];
+            if (t == 0) {
                 #pragma omp simd
-                for (int i = w0; i < w1; i++) yr[i] += wv * xr[i];
+                for (int w = 0; w < W; w++)
+                    yr[w] = bias + k0 * p0[w] + k1 * p1[w] + k2 * p2[w] + k3 * p3[w];
+            } else {
+                #pragma omp simd
+                for (int w = 0; w < W; w++)
+                    yr[w] += k0 * p0[w] + k1 * p1[w] + k2 * p2[w] + k3 * p3[w];
             }
+        }
+        if (t == 0) {
+            #pragma omp simd
+            for (int w = 0; w < W; w++) yr[w] = bias;
+        }
+        for (; t < T; t++) {
+            const float* __restrict__ p0 = base + (size_t)(t / KW) * WP + t % KW;
+            const float k0 = k[t];
+            #pragma omp simd
+            for (int w = 0; w < W; w++) yr[w] += k0 * p0[w];
         }
     }
 }
 """
 
-# dy (N, C, H, W), weight -> dx: out[h, w] collects dy[h - dh, w - dw] * w[kh, kw].
+# x (N, C, H, W), weight (C, 1, KH, KW), bias (C,) -> out (N, C, H, W): per (n, c) plane,
+# pad, then correlate with the channel's kernel.
+_FORWARD = r"""
+const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
+const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
+#pragma omp parallel
+{
+    std::vector<float> xp((size_t)(H + 2 * PH) * (W + 2 * PW));
+    #pragma omp for schedule(static)
+    for (int nc = 0; nc < N * C; nc++) {
+        const int c = nc % C;
+        jseg_pad_plane(in0_p + (size_t)nc * H * W, H, W, PH, PW, xp.data());
+        jseg_correlate(xp.data(), H, W, KH, KW, in1_p + (size_t)c * KH * KW, in2_p[c],
+                       out_p + (size_t)nc * H * W);
+    }
+}
+"""
+
+# dy (N, C, H, W), weight -> dx: the same correlation with the kernel flipped
+# (dx[h, w] = sum dy[h - kh + PH, w - kw + PW] k[kh, kw]).
 _GRAD_INPUT = r"""
 const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
 const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
-#pragma omp parallel for schedule(static)
-for (int nc = 0; nc < N * C; nc++) {
-    const int c = nc % C;
-    const in0_type* __restrict__ dy = in0_p + (size_t)nc * H * W;
-    out_type* __restrict__ dx = out_p + (size_t)nc * H * W;
-    const in1_type* w = in1_p + (size_t)c * KH * KW;
-    for (int i = 0; i < H * W; i++) dx[i] = 0;
-    for (int kh = 0; kh < KH; kh++) {
-        const int dh = kh - PH;
-        const int h0 = dh > 0 ? dh : 0, h1 = dh < 0 ? H + dh : H;
-        for (int kw = 0; kw < KW; kw++) {
-            const int dw = kw - PW;
-            const int w0 = dw > 0 ? dw : 0, w1 = dw < 0 ? W + dw : W;
-            const out_type wv = w[kh * KW + kw];
-            for (int h = h0; h < h1; h++) {
-                out_type* __restrict__ dxr = dx + (size_t)h * W;
-                const in0_type* __restrict__ dyr = dy + (size_t)(h - dh) * W - dw;
-                #pragma omp simd
-                for (int i = w0; i < w1; i++) dxr[i] += wv * dyr[i];
-            }
-        }
+#pragma omp parallel
+{
+    std::vector<float> dyp((size_t)(H + 2 * PH) * (W + 2 * PW));
+    std::vector<float> flipped((size_t)KH * KW);
+    #pragma omp for schedule(static)
+    for (int nc = 0; nc < N * C; nc++) {
+        const in1_type* k = in1_p + (size_t)(nc % C) * KH * KW;
+        for (int t = 0; t < KH * KW; t++) flipped[t] = k[KH * KW - 1 - t];
+        jseg_pad_plane(in0_p + (size_t)nc * H * W, H, W, PH, PW, dyp.data());
+        jseg_correlate(dyp.data(), H, W, KH, KW, flipped.data(), 0.f,
+                       out_p + (size_t)nc * H * W);
     }
 }
 """
 
 # dy (N, C, H, W), x (N, C, H, W) -> out0 dweight (C, 1, KH, KW), out1 dbias (C,).
-# One channel per task; row sums in float (vectorised), totals in double.
+# One channel per task: dw[kh, kw] = sum dy[h, w] xp[h + kh, w + kw]; per row, every tap's
+# dot product reads the same dy row (kept in L1); row sums in float, totals in double.
 _GRAD_WEIGHT = r"""
 const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
 const int KH = out0_shape2, KW = out0_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
-#pragma omp parallel for schedule(dynamic)
-for (int c = 0; c < C; c++) {
-    double bias_total = 0;
-    for (int n = 0; n < N; n++) {
-        const in0_type* dy = in0_p + ((size_t)n * C + c) * H * W;
-        for (int h = 0; h < H; h++) {
-            float s = 0;
-            const in0_type* dyr = dy + (size_t)h * W;
-            #pragma omp simd reduction(+:s)
-            for (int i = 0; i < W; i++) s += dyr[i];
-            bias_total += s;
-        }
-    }
-    out1_p[c] = bias_total;
-    for (int kh = 0; kh < KH; kh++) {
-        const int dh = kh - PH;
-        const int h0 = dh < 0 ? -dh : 0, h1 = dh > 0 ? H - dh : H;
-        for (int kw = 0; kw < KW; kw++) {
-            const int dw = kw - PW;
-            const int w0 = dw < 0 ? -dw : 0, w1 = dw > 0 ? W - dw : W;
-            double total = 0;
-            for (int n = 0; n < N; n++) {
-                const size_t plane = ((size_t)n * C + c) * H * W;
-                for (int h = h0; h < h1; h++) {
-                    const in0_type* __restrict__ dyr = in0_p + plane + (size_t)h * W;
-                    const in1_type* __restrict__ xr = in1_p + plane + (size_t)(h + dh) * W + dw;
-                    float s = 0;
-                    #pragma omp simd reduction(+:s)
-                    for (int i = w0; i < w1; i++) s += dyr[i] * xr[i];
-                    total += s;
+const int WP = W + 2 * PW;
+#pragma omp parallel
+{
+    std::vector<float> xp((size_t)(H + 2 * PH) * WP);
+    std::vector<double> total((size_t)KH * KW);
+    #pragma omp for schedule(dynamic)
+    for (int c = 0; c < C; c++) {
+        std::fill(total.begin(), total.end(), 0.0);
+        double bias_total = 0;
+        for (int n = 0; n < N; n++) {
+            const size_t plane = ((size_t)n * C + c) * H * W;
+            jseg_pad_plane(in1_p + plane, H, W, PH, PW, xp.data());
+            for (int h = 0; h < H; h++) {
+                const in0_type* __restrict__ dyr = in0_p + plane + (size_t)h * W;
+                float sb = 0;
+                #pragma omp simd reduction(+:sb)
+                for (int w = 0; w < W; w++) sb += dyr[w];
+                bias_total += sb;
+                for (int kh = 0; kh < KH; kh++) {
+                    const float* __restrict__ xr = xp.data() + (size_t)(h + kh) * WP;
+                    for (int kw = 0; kw < KW; kw++) {
+                        float s = 0;
+                        #pragma omp simd reduction(+:s)
+                        for (int w = 0; w < W; w++) s += dyr[w] * xr[w + kw];
+                        total[kh * KW + kw] += s;
+                    }
                 }
             }
-            out0_p[(size_t)c * KH * KW + kh * KW + kw] = total;
         }
+        for (int t = 0; t < KH * KW; t++) out0_p[(size_t)c * KH * KW + t] = total[t];
+        out1_p[c] = bias_total;
     }
 }
 """
@@ -128,13 +155,16 @@ class _DepthwiseConv2d(jt.Function):
 
     def execute(self, x, weight, bias):
         self.saved = (x, weight)
-        return jt.code(x.shape, x.dtype, [x, weight, bias], cpu_src=_FORWARD)
+        return jt.code(x.shape, x.dtype, [x, weight, bias], cpu_header=_DEPTHWISE_HEADER,
+                       cpu_src=_FORWARD)
 
     def grad(self, grad_out):
         x, weight = self.saved
-        grad_x = jt.code(x.shape, x.dtype, [grad_out, weight], cpu_src=_GRAD_INPUT)
+        grad_x = jt.code(x.shape, x.dtype, [grad_out, weight], cpu_header=_DEPTHWISE_HEADER,
+                         cpu_src=_GRAD_INPUT)
         grad_w, grad_b = jt.code([weight.shape, (weight.shape[0],)], [weight.dtype, weight.dtype],
-                                 [grad_out, x], cpu_src=_GRAD_WEIGHT)
+                                 [grad_out, x], cpu_header=_DEPTHWISE_HEADER,
+                                 cpu_src=_GRAD_WEIGHT)
         return grad_x, grad_w, grad_b
 
 
@@ -294,25 +324,38 @@ static inline float jseg_exp(float x) {
     return p * scale;
 }
 #define JSEG_BLOCK 64
+// Jittor compiles kernels with -Ofast, which assumes no NaN or inf and may fold
+// x != x away; test the exponent bits instead.
+#include <limits>
+static inline int jseg_not_finite(float x) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    return (bits & 0x7f800000u) == 0x7f800000u;
+}
 """
 
 # logits (B, C, H, W), label (B, H, W) ints, class weights (C,) -> out (1,) float64:
-# sum over pixels of w[y] * (logsumexp(x) - x[y]), 0 for ignored or out-of-range labels.
+# sum over pixels of w[y] * (logsumexp(x) - x[y]), 0 for ignored or out-of-range labels;
+# NaN if any logit is NaN or infinite (so a diverged run is caught).
 # Pixels go in blocks of 64 so every class row is read contiguously.
 _CE_FORWARD = r"""
 const int B = in0_shape0, C = in0_shape1, HW = in0_shape2 * in0_shape3;
 const int blocks = (HW + JSEG_BLOCK - 1) / JSEG_BLOCK;
 double total = 0;
-#pragma omp parallel for reduction(+:total) schedule(static)
+int not_finite = 0;
+#pragma omp parallel for reduction(+:total) reduction(|:not_finite) schedule(static)
 for (int t = 0; t < B * blocks; t++) {
     const int b = t / blocks, p0 = (t % blocks) * JSEG_BLOCK;
     const int n = std::min(JSEG_BLOCK, HW - p0);
     const in0_type* x = in0_p + (size_t)b * C * HW + p0;
     float m[JSEG_BLOCK], s[JSEG_BLOCK];
     for (int i = 0; i < n; i++) { m[i] = x[i]; s[i] = 0; }
-    for (int c = 1; c < C; c++) {
+    for (int c = 0; c < C; c++) {
         const in0_type* row = x + (size_t)c * HW;
-        for (int i = 0; i < n; i++) m[i] = std::max(m[i], (float)row[i]);
+        for (int i = 0; i < n; i++) {
+            m[i] = std::max(m[i], (float)row[i]);
+            not_finite |= jseg_not_finite(row[i]);
+        }
     }
     for (int c = 0; c < C; c++) {
         const in0_type* row = x + (size_t)c * HW;
@@ -325,7 +368,7 @@ for (int t = 0; t < B * blocks; t++) {
         total += (double)in2_p[y] * ((double)m[i] + std::log((double)s[i]) - x[(size_t)y * HW + i]);
     }
 }
-out_p[0] = total;
+out_p[0] = not_finite ? std::numeric_limits<double>::quiet_NaN() : total;
 """
 
 # dlogits = scale * w[y] * (softmax(x) - onehot(y)), 0 for ignored pixels;
@@ -585,3 +628,118 @@ class _BatchedWeightMatmul(jt.Function):
 def batched_weight_matmul(weight, x):
     """(O, C) @ (N, C, L) -> (N, O, L) on oneDNN's sgemm, with gradients."""
     return _BatchedWeightMatmul.apply(x, weight)
+
+
+# x (N, C, L), weight (C,), bias (C,) -> out0 y (N, C, L), out1 mean (N, G), out2 rstd (N, G).
+# One (n, group) block of C/G contiguous channel rows per task; two-pass variance (biased,
+# as PyTorch and Jittor), sums in double.
+_GROUP_NORM_FORWARD = r"""
+const int N = in0_shape0, C = in0_shape1, L = in0_shape2, G = out1_shape1, CG = C / G;
+#pragma omp parallel for schedule(static)
+for (int ng = 0; ng < N * G; ng++) {
+    const int n = ng / G, g = ng % G;
+    const size_t offset = ((size_t)n * C + (size_t)g * CG) * L, count = (size_t)CG * L;
+    const in0_type* x = in0_p + offset;
+    double sum = 0;
+    for (size_t i0 = 0; i0 < count; i0 += 1024) {
+        const size_t i1 = std::min(count, i0 + 1024);
+        float s = 0;
+        #pragma omp simd reduction(+:s)
+        for (size_t i = i0; i < i1; i++) s += x[i];
+        sum += s;
+    }
+    const float mean = sum / count;
+    double sq = 0;
+    for (size_t i0 = 0; i0 < count; i0 += 1024) {
+        const size_t i1 = std::min(count, i0 + 1024);
+        float s = 0;
+        #pragma omp simd reduction(+:s)
+        for (size_t i = i0; i < i1; i++) s += (x[i] - mean) * (x[i] - mean);
+        sq += s;
+    }
+    const float rstd = 1.0 / std::sqrt(sq / count + EPS);
+    out1_p[ng] = mean;
+    out2_p[ng] = rstd;
+    for (int c = 0; c < CG; c++) {
+        const int ch = g * CG + c;
+        const float a = rstd * in1_p[ch], b = in2_p[ch] - mean * a;
+        const in0_type* xr = x + (size_t)c * L;
+        out0_type* yr = out0_p + offset + (size_t)c * L;
+        #pragma omp simd
+        for (int i = 0; i < L; i++) yr[i] = xr[i] * a + b;
+    }
+}
+"""
+
+# dy, x, weight, mean, rstd -> out0 dx (N, C, L), out1 dweight partials (N, C),
+# out2 dbias partials (N, C). With xhat = (x - mean) rstd and g = dy weight:
+# dx = rstd (g - mean(g) - xhat mean(g xhat)) over the group.
+_GROUP_NORM_GRAD = r"""
+const int N = in0_shape0, C = in0_shape1, L = in0_shape2, G = in3_shape1, CG = C / G;
+#pragma omp parallel for schedule(static)
+for (int ng = 0; ng < N * G; ng++) {
+    const int n = ng / G, g = ng % G;
+    const size_t offset = ((size_t)n * C + (size_t)g * CG) * L, count = (size_t)CG * L;
+    const float mean = in3_p[ng], rstd = in4_p[ng];
+    double sum_g = 0, sum_gx = 0;
+    for (int c = 0; c < CG; c++) {
+        const int ch = g * CG + c;
+        const in0_type* dy = in0_p + offset + (size_t)c * L;
+        const in1_type* x = in1_p + offset + (size_t)c * L;
+        float sdy = 0, sdyx = 0;
+        #pragma omp simd reduction(+:sdy, sdyx)
+        for (int i = 0; i < L; i++) {
+            sdy += dy[i];
+            sdyx += dy[i] * (x[i] - mean);
+        }
+        out1_p[(size_t)n * C + ch] = sdyx * rstd;
+        out2_p[(size_t)n * C + ch] = sdy;
+        sum_g += (double)sdy * in2_p[ch];
+        sum_gx += (double)sdyx * rstd * in2_p[ch];
+    }
+    const float mean_g = sum_g / count, mean_gx = sum_gx / count;
+    for (int c = 0; c < CG; c++) {
+        const int ch = g * CG + c;
+        const float w = in2_p[ch];
+        const in0_type* dy = in0_p + offset + (size_t)c * L;
+        const in1_type* x = in1_p + offset + (size_t)c * L;
+        out0_type* dx = out0_p + offset + (size_t)c * L;
+        #pragma omp simd
+        for (int i = 0; i < L; i++)
+            dx[i] = rstd * (dy[i] * w - mean_g - (x[i] - mean) * rstd * mean_gx);
+    }
+}
+"""
+
+
+def _group_norm_header(eps):
+    return f"#include <algorithm>\n#include <cmath>\n#define EPS {float(eps)!r}\n"
+
+
+class _GroupNorm(jt.Function):
+    def execute(self, x, weight, bias, groups, eps):
+        n = x.shape[0]
+        y, mean, rstd = jt.code([x.shape, (n, groups), (n, groups)], [x.dtype, "float32", "float32"],
+                                [x, weight, bias], cpu_header=_group_norm_header(eps),
+                                cpu_src=_GROUP_NORM_FORWARD)
+        self.saved = (x, weight, mean, rstd, eps)
+        return y
+
+    def grad(self, grad_out):
+        x, weight, mean, rstd, eps = self.saved
+        grad_x, grad_w, grad_b = jt.code(
+            [x.shape, (x.shape[0], x.shape[1]), (x.shape[0], x.shape[1])],
+            [x.dtype, "float32", "float32"], [grad_out, x, weight, mean, rstd],
+            cpu_header=_group_norm_header(eps), cpu_src=_GROUP_NORM_GRAD)
+        return grad_x, grad_w.sum(0), grad_b.sum(0), None, None
+
+
+def group_norm_supported(x):
+    return not jt.flags.use_cuda and x.dtype == "float32" and x.ndim >= 3
+
+
+def group_norm(x, weight, bias, groups, eps=1e-5):
+    """GroupNorm of (N, C, ...) with affine weight and bias (C,), multi-threaded on CPU."""
+    shape = x.shape
+    flat = x.reshape((shape[0], shape[1], -1))
+    return _GroupNorm.apply(flat, weight, bias, int(groups), float(eps)).reshape(shape)

@@ -9,7 +9,7 @@
 - `BatchNorm2d`: Jittor's BatchNorm with PyTorch's (unbiased) running-variance update.
 - `PointwiseConv2d`: a 1x1 nn.Conv2d computed as 2-D matmuls on CPU (oneDNN's
   matmul needs no NCHW <-> NHWC reorders, its convolution does).
-- `GELU`: exact (erf) GELU on the multi-threaded CPU kernel.
+- `GELU`, `GroupNorm`: exact-erf GELU and GroupNorm on multi-threaded CPU kernels.
 - `DepthwiseConv2d`: nn.Conv2d with groups == channels that runs on the multi-threaded
   CPU kernel of `jseg.models.kernels` when it can (same weights, same keys).
 """
@@ -18,9 +18,11 @@ import math
 import jittor as jt
 from jittor import nn
 
-from .kernels import add_channel_bias, batched_weight_matmul, bilinear_resize, depthwise_conv2d, depthwise_supported, gelu, resize_supported
+from .kernels import (add_channel_bias, batched_weight_matmul, bilinear_resize, depthwise_conv2d,
+                      depthwise_supported, gelu, group_norm, group_norm_supported,
+                      resize_supported)
 
-__all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "GELU", "resize", "normal_init_", "kaiming_normal_fan_out_",
+__all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "GELU", "GroupNorm", "resize", "normal_init_", "kaiming_normal_fan_out_",
            "constant_init_"]
 
 
@@ -125,7 +127,7 @@ class ConvModule(nn.Module):
             if out_channels % norm_groups != 0:
                 raise ValueError(f"GroupNorm needs out_channels divisible by norm_groups, got "
                                  f"{out_channels} channels and {norm_groups} groups")
-            self.gn = nn.GroupNorm(norm_groups, out_channels)
+            self.gn = GroupNorm(norm_groups, out_channels)
             constant_init_(self.gn, 1.0, 0.0)
         self.activate = nn.ReLU() if act else None
 
@@ -182,3 +184,12 @@ class GELU(nn.Module):
 
     def execute(self, x):
         return gelu(x)
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (eps 1e-5, affine `weight` and `bias`) on the OpenMP kernel on CPU."""
+
+    def execute(self, x):
+        if self.affine and group_norm_supported(x):
+            return group_norm(x, self.weight, self.bias, self.num_groups, self.eps)
+        return super().execute(x)
