@@ -102,3 +102,54 @@ def test_group_norm_kernel_matches_jittor_group_norm():
         results.append([t.numpy() for t in (y, *grads)])
     for name, e, g in zip(["output", "grad x", "grad weight", "grad bias"], *results):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+
+
+def test_mlp_fused_path_matches_the_plain_ops():
+    """fc1 -> depthwise 3x3 -> GELU in one kernel equals the three modules run one by one."""
+    from jseg.models.mscan import Mlp
+    jt.set_seed(3)
+    mlp = Mlp(4, 8)
+    x = jt.randn(2, 4, 9, 11)
+    upstream = jt.randn(2, 4, 9, 11)
+    params = [x, mlp.fc1.weight, mlp.fc1.bias, mlp.dwconv.weight, mlp.dwconv.bias]
+
+    def run(fn):
+        y = fn(x)
+        return [t.numpy() for t in (y, *jt.grad((y * upstream).sum(), params))]
+
+    fused = run(mlp)
+    plain = run(lambda v: mlp.fc2(nn.gelu(nn.Conv2d.execute(mlp.dwconv, nn.Conv2d.execute(mlp.fc1, v)))))
+    for i, (f, p) in enumerate(zip(fused, plain)):
+        np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * np.abs(p).max(), err_msg=str(i))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_fused_block_matches_the_module_by_module_block(training):
+    from jseg.models.mscan import MSCABlock
+    jt.set_seed(4)
+    block = MSCABlock(8, mlp_ratio=2)
+    for p in block.parameters():  # non-trivial biases and scales
+        p.assign(p + 0.05 * jt.randn(p.shape))
+    block.train() if training else block.eval()
+    x = jt.randn(2, 8, 9, 11)
+    upstream = jt.randn(2, 8, 9, 11)
+    params = [x] + [p for p in block.parameters() if p.requires_grad]
+    assert block._can_fuse(x)
+
+    def run(fused):
+        y = block._fused_execute(x) if fused else _plain(block, x)
+        return [t.numpy() for t in (y, *jt.grad((y * upstream).sum(), params))]
+
+    for i, (f, p) in enumerate(zip(run(True), run(False))):
+        np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * max(np.abs(p).max(), 1e-3),
+                                   err_msg=str(i))
+
+
+def _plain(block, x):
+    """The block without the fused kernels (what runs on GPU or with DropPath active)."""
+    original = block._can_fuse
+    block._can_fuse = lambda _x: False
+    try:
+        return block(x)
+    finally:
+        block._can_fuse = original

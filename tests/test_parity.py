@@ -157,15 +157,22 @@ def test_slide_inference_matches_mmseg(ref, variants):
 def test_training_step_matches_mmseg(ref, variants, variant):
     _, ref_model, _, model = variants.get(variant, NO_DROP)
     rng = np.random.default_rng(14)
-    img = _input((64, 64), seed=16, batch=2)
     label = rng.integers(0, 150, size=(2, 64, 64))
     label[:, :6, :] = 255  # some ignored pixels
-    result = parity.train_parity(ref, ref_model, model, img, label, seed=24)
-    flips = result["relu_flips"]
-    assert not any(flips.values()), (
-        f"ReLU decisions differ between the frameworks ({flips}): a pre-activation sits within "
-        "rounding distance of 0, where float32 gradients of the two cannot agree. Not a parity "
-        "failure; pick another input seed for this variant (see train_parity)")
+    # A pre-activation within rounding distance of 0 makes a ReLU decide differently in the
+    # two frameworks, and then float32 gradients cannot agree; which inputs do that depends
+    # on the CPU's summation order. Such an input is no parity test: take the first of a
+    # few seeds whose ReLU decisions all agree (each passes on this machine), then hold it
+    # to the full tolerances.
+    tried = {}
+    for seed in (21, 18, 20, 16):
+        result = parity.train_parity(ref, ref_model, model, _input((64, 64), seed=seed, batch=2),
+                                     label, seed=24)
+        tried[seed] = result["relu_flips"]
+        if not any(result["relu_flips"].values()):
+            break
+    else:
+        pytest.fail(f"every input seed flips a ReLU decision between the frameworks: {tried}")
 
     (loss, ref_loss), (acc, ref_acc) = result["loss"], result["acc"]
     loss_rel = abs(loss - ref_loss) / abs(ref_loss)

@@ -24,11 +24,16 @@ _DEPTHWISE_HEADER = r"""
 #include <vector>
 #include <algorithm>
 template <typename T>
-static inline void jseg_pad_plane(const T* src, int H, int W, int PH, int PW, float* dst) {
+static inline void jseg_pad_plane(const T* src, int H, int W, int PH, int PW, float* dst,
+                                  float add = 0.f) {
     const int WP = W + 2 * PW;
     std::fill(dst, dst + (size_t)(H + 2 * PH) * WP, 0.f);
-    for (int h = 0; h < H; h++)
-        std::copy(src + (size_t)h * W, src + (size_t)(h + 1) * W, dst + (size_t)(h + PH) * WP + PW);
+    for (int h = 0; h < H; h++) {
+        const T* __restrict__ row = src + (size_t)h * W;
+        float* __restrict__ out = dst + (size_t)(h + PH) * WP + PW;
+        #pragma omp simd
+        for (int w = 0; w < W; w++) out[w] = row[w] + add;
+    }
 }
 // y[h, w] = bias + sum_{kh, kw} k[kh, kw] * xp[h + kh, w + kw], one output row at a
 // time; taps go four at a time (four shifted input rows per pass over the output row,
@@ -70,8 +75,10 @@ static inline void jseg_correlate(const float* xp, int H, int W, int KH, int KW,
 }
 """
 
-# x (N, C, H, W), weight (C, 1, KH, KW), bias (C,) -> out (N, C, H, W): per (n, c) plane,
-# pad, then correlate with the channel's kernel.
+# x (N, C, H, W), weight (C, 1, KH, KW), bias (C,), input bias (C,) -> out0 (N, C, H, W):
+# per (n, c) plane, pad x + input bias, then correlate with the channel's kernel. With
+# HAS_ADDEND, in4 (N, C, H, W) is added to the result; with GELU_EPILOGUE, out1 keeps
+# that pre-activation and out0 = gelu(out1).
 _FORWARD = r"""
 const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
 const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
@@ -81,9 +88,29 @@ const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2
     #pragma omp for schedule(static)
     for (int nc = 0; nc < N * C; nc++) {
         const int c = nc % C;
-        jseg_pad_plane(in0_p + (size_t)nc * H * W, H, W, PH, PW, xp.data());
+        const size_t plane = (size_t)nc * H * W;
+        jseg_pad_plane(in0_p + plane, H, W, PH, PW, xp.data(), in3_p[c]);
+#if GELU_EPILOGUE
         jseg_correlate(xp.data(), H, W, KH, KW, in1_p + (size_t)c * KH * KW, in2_p[c],
-                       out_p + (size_t)nc * H * W);
+                       out1_p + plane);
+#if HAS_ADDEND
+        for (int i = 0; i < H * W; i++) out1_p[plane + i] += in4_p[plane + i];
+#endif
+        const float* __restrict__ pre = out1_p + plane;
+        float* __restrict__ y = out0_p + plane;
+        #pragma omp simd
+        for (int i = 0; i < H * W; i++)
+            y[i] = 0.5f * pre[i] * (1.f + jseg_erf(pre[i] * 0.70710678118654752f));
+#else
+        jseg_correlate(xp.data(), H, W, KH, KW, in1_p + (size_t)c * KH * KW, in2_p[c],
+                       out0_p + plane);
+#if HAS_ADDEND
+        float* __restrict__ y = out0_p + plane;
+        const in4_type* __restrict__ extra = in4_p + plane;
+        #pragma omp simd
+        for (int i = 0; i < H * W; i++) y[i] += extra[i];
+#endif
+#endif
     }
 }
 """
@@ -108,7 +135,8 @@ const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2
 }
 """
 
-# dy (N, C, H, W), x (N, C, H, W) -> out0 dweight (C, 1, KH, KW), out1 dbias (C,).
+# dy (N, C, H, W), x (N, C, H, W), input bias (C,) -> out0 dweight (C, 1, KH, KW),
+# out1 dbias (C,).
 # One channel per task: dw[kh, kw] = sum dy[h, w] xp[h + kh, w + kw]; per row, every tap's
 # dot product reads the same dy row (kept in L1); row sums in float, totals in double.
 _GRAD_WEIGHT = r"""
@@ -125,7 +153,7 @@ const int WP = W + 2 * PW;
         double bias_total = 0;
         for (int n = 0; n < N; n++) {
             const size_t plane = ((size_t)n * C + c) * H * W;
-            jseg_pad_plane(in1_p + plane, H, W, PH, PW, xp.data());
+            jseg_pad_plane(in1_p + plane, H, W, PH, PW, xp.data(), in2_p[c]);
             for (int h = 0; h < H; h++) {
                 const in0_type* __restrict__ dyr = in0_p + plane + (size_t)h * W;
                 float sb = 0;
@@ -151,21 +179,34 @@ const int WP = W + 2 * PW;
 
 
 class _DepthwiseConv2d(jt.Function):
-    """y = depthwise_conv(x, weight) + bias, stride 1, "same" padding, with gradients."""
+    """y = [gelu](depthwise_conv(x + in_bias, weight) + bias [+ addend]), stride 1, "same"."""
 
-    def execute(self, x, weight, bias):
-        self.saved = (x, weight)
-        return jt.code(x.shape, x.dtype, [x, weight, bias], cpu_header=_DEPTHWISE_HEADER,
-                       cpu_src=_FORWARD)
+    def execute(self, x, weight, bias, in_bias, with_gelu, addend=None):
+        header = (_FAST_EXP + _FAST_ERF + f"#define GELU_EPILOGUE {int(with_gelu)}\n"
+                  f"#define HAS_ADDEND {int(addend is not None)}\n" + _DEPTHWISE_HEADER)
+        inputs = [x, weight, bias, in_bias] + ([addend] if addend is not None else [])
+        if with_gelu:
+            y, pre = jt.code([x.shape, x.shape], [x.dtype, x.dtype], inputs, cpu_header=header,
+                             cpu_src=_FORWARD)
+        else:
+            y, pre = jt.code(x.shape, x.dtype, inputs, cpu_header=header, cpu_src=_FORWARD), None
+        self.saved = (x, weight, in_bias, pre, addend is not None)
+        return y
 
     def grad(self, grad_out):
-        x, weight = self.saved
-        grad_x = jt.code(x.shape, x.dtype, [grad_out, weight], cpu_header=_DEPTHWISE_HEADER,
+        x, weight, in_bias, pre, has_addend = self.saved
+        if pre is not None:
+            grad_out = jt.code(pre.shape, pre.dtype, [pre, grad_out],
+                               cpu_header=_FAST_EXP + _FAST_ERF, cpu_src=_GELU_GRAD)
+        header = (_FAST_EXP + _FAST_ERF + "#define GELU_EPILOGUE 0\n#define HAS_ADDEND 0\n"
+                  + _DEPTHWISE_HEADER)
+        grad_x = jt.code(x.shape, x.dtype, [grad_out, weight], cpu_header=header,
                          cpu_src=_GRAD_INPUT)
         grad_w, grad_b = jt.code([weight.shape, (weight.shape[0],)], [weight.dtype, weight.dtype],
-                                 [grad_out, x], cpu_header=_DEPTHWISE_HEADER,
+                                 [grad_out, x, in_bias], cpu_header=header,
                                  cpu_src=_GRAD_WEIGHT)
-        return grad_x, grad_w, grad_b
+        grad_in_bias = channel_sum(grad_x) if self.input_bias_used else None
+        return (grad_x, grad_w, grad_b, grad_in_bias, None) + ((grad_out,) if has_addend else ())
 
 
 def depthwise_supported(conv, x):
@@ -178,12 +219,22 @@ def depthwise_supported(conv, x):
             and tuple(conv.padding) == ((kh - 1) // 2, (kw - 1) // 2))
 
 
-def depthwise_conv2d(x, weight, bias):
+def depthwise_conv2d(x, weight, bias, input_bias=None, gelu=False, addend=None):
     """Depthwise conv, stride 1, padding (k - 1) / 2: (N, C, H, W) -> (N, C, H, W).
 
     weight: (C, 1, KH, KW) with odd KH and KW; bias: (C,). float32, CPU.
+    input_bias (C,): added to x before the convolution (inside the zero padding), i.e.
+    conv(x + input_bias), the bias of a preceding 1x1 conv without a pass of its own.
+    addend (N, C, H, W): added to the result (before GELU), e.g. a running branch sum.
+    gelu: apply GELU to the result in the same pass.
     """
-    return _DepthwiseConv2d.apply(x, weight, bias)
+    function = _DepthwiseConv2d()
+    function.input_bias_used = input_bias is not None
+    if input_bias is None:
+        input_bias = jt.zeros((x.shape[1],), "float32").stop_grad()
+    if addend is None:
+        return function(x, weight, bias, input_bias, bool(gelu))
+    return function(x, weight, bias, input_bias, bool(gelu), addend)
 
 
 # Bilinear resize as PyTorch's upsample_bilinear2d computes it on CPU (float math):
@@ -743,3 +794,10 @@ def group_norm(x, weight, bias, groups, eps=1e-5):
     shape = x.shape
     flat = x.reshape((shape[0], shape[1], -1))
     return _GroupNorm.apply(flat, weight, bias, int(groups), float(eps)).reshape(shape)
+
+
+def channel_sum(x):
+    """(N, C, ...) -> (C,): sum over every axis but the channels, multi-threaded."""
+    flat = x.reshape((x.shape[0], x.shape[1], -1))
+    return jt.code((x.shape[1],), x.dtype, [flat], cpu_header="#include <algorithm>",
+                   cpu_src=_BIAS_GRAD)

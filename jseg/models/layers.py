@@ -168,15 +168,27 @@ class PointwiseConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
-    def execute(self, x):
-        if jt.flags.use_cuda or x.ndim != 4 or tuple(self.stride) != (1, 1):
-            return super().execute(x)
+    def matmul_supported(self, x):
+        return not jt.flags.use_cuda and x.ndim == 4 and x.dtype == "float32"
+
+    def project(self, x):
+        """weight @ x without the bias, (N, C_in, H, W) -> (N, C_out, H, W), CPU only.
+
+        For callers that fold the bias into their next kernel."""
         n, c, h, w = x.shape
         weight = self.weight.reshape((self.out_channels, c))
         y = batched_weight_matmul(weight, x.reshape((n, c, h * w)))
-        if self.bias is not None:
-            y = add_channel_bias(y, self.bias)
         return y.reshape((n, self.out_channels, h, w))
+
+    def execute(self, x):
+        if not self.matmul_supported(x):
+            return super().execute(x)
+        y = self.project(x)
+        if self.bias is None:
+            return y
+        n, _, h, w = y.shape
+        return add_channel_bias(y.reshape((n, self.out_channels, h * w)),
+                                self.bias).reshape(y.shape)
 
 
 class GELU(nn.Module):

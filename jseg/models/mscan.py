@@ -22,6 +22,8 @@ import math
 import numpy as np
 from jittor import nn
 
+from .fused import bias_gate, bias_gelu, fused_supported, scaled_residual
+from .kernels import depthwise_conv2d, depthwise_supported
 from .layers import GELU, BatchNorm2d, DepthwiseConv2d, PointwiseConv2d, constant_init_, normal_init_
 
 __all__ = ["StemConv", "OverlapPatchEmbed", "MSCAAttention", "MSCASpatialAttention", "Mlp",
@@ -133,7 +135,13 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop, is_train=True) if drop > 0 else nn.Identity()
 
     def execute(self, x):
-        x = self.drop(self.act(self.dwconv(self.fc1(x))))
+        if self.fc1.matmul_supported(x) and depthwise_supported(self.dwconv, x):
+            # one pass for fc1's bias, the depthwise conv and GELU (same arithmetic)
+            x = depthwise_conv2d(self.fc1.project(x), self.dwconv.weight, self.dwconv.bias,
+                                 input_bias=self.fc1.bias, gelu=True)
+        else:
+            x = self.act(self.dwconv(self.fc1(x)))
+        x = self.drop(x)
         return self.drop(self.fc2(x))
 
 
@@ -153,7 +161,40 @@ class MSCABlock(nn.Module):
         self.layer_scale_1 = LAYER_SCALE_INIT * nn.init.one((channels,), "float32")
         self.layer_scale_2 = LAYER_SCALE_INIT * nn.init.one((channels,), "float32")
 
+    def _can_fuse(self, x):
+        """The fused CPU kernels apply: CPU float32, no active DropPath or dropout."""
+        attn, mlp = self.attn, self.mlp
+        sgu = attn.spatial_gating_unit
+        convs = [sgu.conv0] + [getattr(sgu, f"conv{i}_{j}") for i in range(sgu.num_branches)
+                               for j in (1, 2)]
+        stochastic = [m for m in (self.drop_path, mlp.drop)
+                      if getattr(m, "is_train", False) and getattr(m, "p", 0) > 0]
+        return (fused_supported(x) and attn.proj_1.matmul_supported(x) and not stochastic
+                and all(depthwise_supported(c, x) for c in convs + [mlp.dwconv]))
+
+    def _fused_execute(self, x):
+        """The same block as `execute`, with each bias and element-wise step fused into the
+        kernel before or after it (see jseg.models.fused); same arithmetic."""
+        attn, mlp = self.attn, self.mlp
+        sgu = attn.spatial_gating_unit
+        normed = self.norm1(x)
+        u = bias_gelu(attn.proj_1.project(normed), attn.proj_1.bias)
+        a = depthwise_conv2d(u, sgu.conv0.weight, sgu.conv0.bias)
+        total = a
+        for i in range(sgu.num_branches):
+            first, second = getattr(sgu, f"conv{i}_1"), getattr(sgu, f"conv{i}_2")
+            branch = depthwise_conv2d(a, first.weight, first.bias)
+            total = depthwise_conv2d(branch, second.weight, second.bias, addend=total)
+        gated = bias_gate(sgu.conv3.project(total), sgu.conv3.bias, u)
+        x = scaled_residual(x, attn.proj_2.project(gated), attn.proj_2.bias,
+                            self.layer_scale_1, normed)
+        hidden = depthwise_conv2d(mlp.fc1.project(self.norm2(x)), mlp.dwconv.weight,
+                                  mlp.dwconv.bias, input_bias=mlp.fc1.bias, gelu=True)
+        return scaled_residual(x, mlp.fc2.project(hidden), mlp.fc2.bias, self.layer_scale_2)
+
     def execute(self, x):
+        if self._can_fuse(x):
+            return self._fused_execute(x)
         # layer_scale (C,) -> (C, 1, 1), broadcast over (B, C, H, W)
         scale_1 = self.layer_scale_1.reshape((-1, 1, 1))
         scale_2 = self.layer_scale_2.reshape((-1, 1, 1))

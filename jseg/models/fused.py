@@ -1,0 +1,232 @@
+"""Fused element-wise steps of the MSCAN block, as multi-threaded CPU kernels.
+
+Every 1x1 conv of a block is a matmul (`PointwiseConv2d.project`) whose bias would cost a
+pass over memory of its own, and the element-wise steps after it (GELU, the attention
+gate, the layer-scaled residual) one more each, on one core in Jittor's generated loops.
+Here each bias rides along with the step that follows it:
+
+- `bias_gelu(m, b)` = gelu(m + b)                        (proj_1 -> GELU)
+- `bias_gate(m, b, u)` = (m + b) * u                     (conv3 -> gating by u)
+- `scaled_residual(x, m, b, scale, s)` = x + scale * (m + b + s)
+                                                         (proj_2 + shortcut, layer scale,
+                                                          residual; fc2 without s)
+
+Tensors are (N, C, L) float32 with per-channel (C,) vectors; each has a backward kernel
+that also produces the per-channel gradients (one pass, one channel per task).
+"""
+import jittor as jt
+
+from .kernels import _FAST_ERF, _FAST_EXP
+
+__all__ = ["bias_gelu", "bias_gate", "scaled_residual", "fused_supported"]
+
+_HEADER = _FAST_EXP + _FAST_ERF + r"""
+#define JSEG_PLANES const int N = in0_shape0, C = in0_shape1, L = in0_shape2;
+static inline float jseg_gelu(float x) {
+    return 0.5f * x * (1.f + jseg_erf(x * 0.70710678118654752f));
+}
+static inline float jseg_gelu_grad(float x) {
+    return 0.5f * (1.f + jseg_erf(x * 0.70710678118654752f))
+        + x * 0.39894228040143268f * jseg_exp(-0.5f * x * x);
+}
+"""
+
+# in0 m, in1 b -> gelu(m + b)
+_BIAS_GELU = r"""
+JSEG_PLANES
+#pragma omp parallel for schedule(static)
+for (int nc = 0; nc < N * C; nc++) {
+    const float b = in1_p[nc % C];
+    const in0_type* __restrict__ m = in0_p + (size_t)nc * L;
+    out_type* __restrict__ y = out_p + (size_t)nc * L;
+    #pragma omp simd
+    for (int i = 0; i < L; i++) y[i] = jseg_gelu(m[i] + b);
+}
+"""
+
+# in0 m, in1 b, in2 dy -> out0 dm = dy gelu'(m + b), out1 db = sum dm
+_BIAS_GELU_GRAD = r"""
+JSEG_PLANES
+#pragma omp parallel for schedule(static)
+for (int c = 0; c < C; c++) {
+    const float b = in1_p[c];
+    double total = 0;
+    for (int n = 0; n < N; n++) {
+        const size_t o = ((size_t)n * C + c) * L;
+        const in0_type* __restrict__ m = in0_p + o;
+        const in2_type* __restrict__ dy = in2_p + o;
+        out0_type* __restrict__ dm = out0_p + o;
+        float s = 0;
+        #pragma omp simd reduction(+:s)
+        for (int i = 0; i < L; i++) {
+            dm[i] = dy[i] * jseg_gelu_grad(m[i] + b);
+            s += dm[i];
+        }
+        total += s;
+    }
+    out1_p[c] = total;
+}
+"""
+
+# in0 m, in1 b, in2 u -> (m + b) * u
+_BIAS_GATE = r"""
+JSEG_PLANES
+#pragma omp parallel for schedule(static)
+for (int nc = 0; nc < N * C; nc++) {
+    const float b = in1_p[nc % C];
+    const size_t o = (size_t)nc * L;
+    const in0_type* __restrict__ m = in0_p + o;
+    const in2_type* __restrict__ u = in2_p + o;
+    out_type* __restrict__ y = out_p + o;
+    #pragma omp simd
+    for (int i = 0; i < L; i++) y[i] = (m[i] + b) * u[i];
+}
+"""
+
+# in0 m, in1 b, in2 u, in3 dy -> out0 dm = dy u, out1 du = dy (m + b), out2 db = sum dm
+_BIAS_GATE_GRAD = r"""
+JSEG_PLANES
+#pragma omp parallel for schedule(static)
+for (int c = 0; c < C; c++) {
+    const float b = in1_p[c];
+    double total = 0;
+    for (int n = 0; n < N; n++) {
+        const size_t o = ((size_t)n * C + c) * L;
+        const in0_type* __restrict__ m = in0_p + o;
+        const in2_type* __restrict__ u = in2_p + o;
+        const in3_type* __restrict__ dy = in3_p + o;
+        out0_type* __restrict__ dm = out0_p + o;
+        out1_type* __restrict__ du = out1_p + o;
+        float s = 0;
+        #pragma omp simd reduction(+:s)
+        for (int i = 0; i < L; i++) {
+            dm[i] = dy[i] * u[i];
+            du[i] = dy[i] * (m[i] + b);
+            s += dm[i];
+        }
+        total += s;
+    }
+    out2_p[c] = total;
+}
+"""
+
+# in0 x, in1 m, in2 b, in3 scale, [in4 s] -> x + scale * (m + b [+ s])
+_RESIDUAL = r"""
+JSEG_PLANES
+#pragma omp parallel for schedule(static)
+for (int nc = 0; nc < N * C; nc++) {
+    const int c = nc % C;
+    const float b = in2_p[c], k = in3_p[c];
+    const size_t o = (size_t)nc * L;
+    const in0_type* __restrict__ x = in0_p + o;
+    const in1_type* __restrict__ m = in1_p + o;
+    out_type* __restrict__ y = out_p + o;
+#if HAS_SHORTCUT
+    const in4_type* __restrict__ s = in4_p + o;
+    #pragma omp simd
+    for (int i = 0; i < L; i++) y[i] = x[i] + k * (m[i] + b + s[i]);
+#else
+    #pragma omp simd
+    for (int i = 0; i < L; i++) y[i] = x[i] + k * (m[i] + b);
+#endif
+}
+"""
+
+# in0 dy, in1 m, in2 b, in3 scale, [in4 s] -> out0 dm = scale dy (also ds),
+# out1 dscale = sum dy (m + b [+ s]), out2 db = scale sum dy
+_RESIDUAL_GRAD = r"""
+JSEG_PLANES
+#pragma omp parallel for schedule(static)
+for (int c = 0; c < C; c++) {
+    const float b = in2_p[c], k = in3_p[c];
+    double total_dy = 0, total_scale = 0;
+    for (int n = 0; n < N; n++) {
+        const size_t o = ((size_t)n * C + c) * L;
+        const in0_type* __restrict__ dy = in0_p + o;
+        const in1_type* __restrict__ m = in1_p + o;
+        out0_type* __restrict__ dm = out0_p + o;
+#if HAS_SHORTCUT
+        const in4_type* __restrict__ s = in4_p + o;
+#endif
+        float sdy = 0, sk = 0;
+        #pragma omp simd reduction(+:sdy, sk)
+        for (int i = 0; i < L; i++) {
+            dm[i] = k * dy[i];
+            sdy += dy[i];
+#if HAS_SHORTCUT
+            sk += dy[i] * (m[i] + b + s[i]);
+#else
+            sk += dy[i] * (m[i] + b);
+#endif
+        }
+        total_dy += sdy;
+        total_scale += sk;
+    }
+    out1_p[c] = total_scale;
+    out2_p[c] = k * total_dy;
+}
+"""
+
+
+def _flat(x):
+    return x.reshape((x.shape[0], x.shape[1], -1))
+
+
+class _BiasGELU(jt.Function):
+    def execute(self, m, b):
+        self.saved = (m, b)
+        return jt.code(m.shape, m.dtype, [m, b], cpu_header=_HEADER, cpu_src=_BIAS_GELU)
+
+    def grad(self, dy):
+        m, b = self.saved
+        dm, db = jt.code([m.shape, b.shape], [m.dtype, b.dtype], [m, b, dy], cpu_header=_HEADER,
+                         cpu_src=_BIAS_GELU_GRAD)
+        return dm, db
+
+
+class _BiasGate(jt.Function):
+    def execute(self, m, b, u):
+        self.saved = (m, b, u)
+        return jt.code(m.shape, m.dtype, [m, b, u], cpu_header=_HEADER, cpu_src=_BIAS_GATE)
+
+    def grad(self, dy):
+        m, b, u = self.saved
+        dm, du, db = jt.code([m.shape, m.shape, b.shape], [m.dtype, m.dtype, b.dtype],
+                             [m, b, u, dy], cpu_header=_HEADER, cpu_src=_BIAS_GATE_GRAD)
+        return dm, db, du
+
+
+class _ScaledResidual(jt.Function):
+    def execute(self, x, m, b, scale, s=None):
+        inputs = [x, m, b, scale] + ([s] if s is not None else [])
+        self.header = _HEADER + f"#define HAS_SHORTCUT {int(s is not None)}\n"
+        self.saved = (m, b, scale, s)
+        return jt.code(x.shape, x.dtype, inputs, cpu_header=self.header, cpu_src=_RESIDUAL)
+
+    def grad(self, dy):
+        m, b, scale, s = self.saved
+        inputs = [dy, m, b, scale] + ([s] if s is not None else [])
+        dm, dscale, db = jt.code([m.shape, scale.shape, b.shape], [m.dtype] * 3, inputs,
+                                 cpu_header=self.header, cpu_src=_RESIDUAL_GRAD)
+        return (dy, dm, db, dscale) + ((dm,) if s is not None else ())
+
+
+def fused_supported(x):
+    """True when the fused CPU kernels apply to activations like `x`."""
+    return not jt.flags.use_cuda and x.dtype == "float32"
+
+
+def bias_gelu(m, b):
+    """gelu(m + b[c]) for m (N, C, ...) and b (C,)."""
+    return _BiasGELU.apply(_flat(m), b).reshape(m.shape)
+
+
+def bias_gate(m, b, u):
+    """(m + b[c]) * u for m, u (N, C, ...) and b (C,)."""
+    return _BiasGate.apply(_flat(m), b, _flat(u)).reshape(m.shape)
+
+
+def scaled_residual(x, m, b, scale, s=None):
+    """x + scale[c] * (m + b[c] (+ s)) for x, m, s (N, C, ...) and b, scale (C,)."""
+    args = [_flat(x), _flat(m), b, scale] + ([_flat(s)] if s is not None else [])
+    return _ScaledResidual.apply(*args).reshape(x.shape)
