@@ -14,10 +14,11 @@ Reported: median, quartiles and min / max of the timed iterations, images per se
 process (`resource.getrusage`, Python and the framework included); on GPU the most memory
 Jittor's allocator held (used + cached, sampled after every step).
 
-Threads (`set_threads`): one number for both frameworks. Jittor's CPU convolutions run in
-oneDNN on GNU OpenMP, which reads OMP_NUM_THREADS when it is loaded; we set that variable
-and, if libgomp is already loaded, also call its omp_set_num_threads, so the setting holds
-before or after `import jittor`. Jittor's own generated loops (element-wise ops, reductions)
+Threads (`set_threads`): one number for both frameworks. Jittor's CPU matmuls and
+convolutions run in oneDNN, and jseg's own CPU kernels (`jseg.models.kernels`), on GNU
+OpenMP, which reads OMP_NUM_THREADS when it is loaded; we set that variable and, if libgomp
+is already loaded, also call its omp_set_num_threads, so the setting holds before or after
+`import jittor`. Jittor's own generated loops (the remaining element-wise ops, reductions)
 run on one core whatever the number. torch gets OMP_NUM_THREADS in its environment and
 `torch.set_num_threads(n)`. The default is OMP_NUM_THREADS if set, else the CPUs this process
 may run on. The report shows the count read back from each runtime.
@@ -566,8 +567,8 @@ def format_report(result):
     lines.append(f"device:   {env['device']}")
     threads = ", ".join(f"{name} {n if n is not None else '?'}"
                         for name, n in r["threads"].items())
-    lines.append(f"threads:  {r['threads_asked']} asked ({threads}); Jittor's own element-wise "
-                 "kernels use one core")
+    lines.append(f"threads:  {r['threads_asked']} asked ({threads}); jseg's CPU kernels and "
+                 "oneDNN use them all, Jittor's generated element-wise loops one")
     lines.append(f"load:     1-min load average {r['load'][0]:.2f} before, {r['load'][1]:.2f} "
                  f"after, on {r['cpus']} CPU(s)")
     versions = [f"python {env['python']}", f"jittor {env['jittor']}",
