@@ -153,3 +153,23 @@ def _plain(block, x):
         return block(x)
     finally:
         block._can_fuse = original
+
+
+def test_slide_merge_averages_overlapping_windows_with_gradients():
+    from jseg.models.kernels import slide_merge
+    from jseg.models.segmentor import slide_windows
+    boxes = slide_windows(7, 11, (5, 6), (3, 4))  # overlaps in both directions
+    rng = np.random.default_rng(5)
+    values = [rng.standard_normal((2, 3, y2 - y1, x2 - x1)).astype("float32")
+              for y1, y2, x1, x2 in boxes]
+    total, count = np.zeros((2, 3, 7, 11), "float32"), np.zeros((7, 11), "float32")
+    for v, (y1, y2, x1, x2) in zip(values, boxes):
+        total[:, :, y1:y2, x1:x2] += v
+        count[y1:y2, x1:x2] += 1
+    windows = [jt.array(v) for v in values]
+    merged = slide_merge(windows, boxes, (7, 11))
+    np.testing.assert_allclose(merged.numpy(), total / count, rtol=1e-6)
+    upstream = rng.standard_normal((2, 3, 7, 11)).astype("float32")
+    grads = jt.grad((merged * jt.array(upstream)).sum(), windows)
+    for g, (y1, y2, x1, x2) in zip(grads, boxes):
+        np.testing.assert_allclose(g.numpy(), (upstream / count)[:, :, y1:y2, x1:x2], rtol=1e-6)

@@ -16,7 +16,8 @@ import jittor as jt
 
 __all__ = ["depthwise_conv2d", "depthwise_supported", "bilinear_resize", "resize_supported",
            "cross_entropy_sum", "cross_entropy_supported", "accuracy_counts", "gelu",
-           "add_channel_bias", "batched_weight_matmul", "group_norm", "group_norm_supported"]
+           "add_channel_bias", "batched_weight_matmul", "group_norm", "group_norm_supported",
+           "slide_merge", "slide_merge_supported"]
 
 # Shared by the three depthwise kernels: a (H, W) plane copied into a zero-bordered
 # (H + 2 PH, W + 2 PW) buffer, so that no loop needs a border test.
@@ -801,3 +802,67 @@ def channel_sum(x):
     flat = x.reshape((x.shape[0], x.shape[1], -1))
     return jt.code((x.shape[1],), x.dtype, [flat], cpu_header="#include <algorithm>",
                    cpu_src=_BIAS_GRAD)
+
+
+def _slide_merge_source(k):
+    """Kernel for k windows in0..in{k-1} (B, C, h, w) and boxes in{k} (k, 4) int32."""
+    windows = ", ".join(f"in{i}_p" for i in range(k))
+    return f"""
+const int K = {k};
+const float* windows[K] = {{{windows}}};
+const int* box = in{k}_p;
+const int BC = out_shape0 * out_shape1, H = out_shape2, W = out_shape3;
+std::vector<float> count((size_t)H * W, 0.f);
+for (int i = 0; i < K; i++)
+    for (int y = box[4 * i]; y < box[4 * i + 1]; y++)
+        for (int x = box[4 * i + 2]; x < box[4 * i + 3]; x++) count[(size_t)y * W + x] += 1.f;
+#pragma omp parallel for schedule(static)
+for (int p = 0; p < BC; p++) {{
+    float* o = out_p + (size_t)p * H * W;
+    std::fill(o, o + (size_t)H * W, 0.f);
+    for (int i = 0; i < K; i++) {{
+        const int y1 = box[4 * i], y2 = box[4 * i + 1], x1 = box[4 * i + 2], x2 = box[4 * i + 3];
+        const int w = x2 - x1;
+        const float* src = windows[i] + (size_t)p * (y2 - y1) * w;
+        for (int y = y1; y < y2; y++) {{
+            float* __restrict__ row = o + (size_t)y * W + x1;
+            const float* __restrict__ in = src + (size_t)(y - y1) * w;
+            #pragma omp simd
+            for (int x = 0; x < w; x++) row[x] += in[x];
+        }}
+    }}
+    #pragma omp simd
+    for (size_t q = 0; q < (size_t)H * W; q++) o[q] /= count[q];
+}}
+"""
+
+
+class _SlideMerge(jt.Function):
+    def execute(self, size, boxes, *windows):
+        b, c = windows[0].shape[:2]
+        self.boxes, self.size = boxes, size
+        box_var = jt.array(boxes, "int32").reshape((-1, 4))
+        self.count = None
+        return jt.code((b, c, *size), "float32", [*windows, box_var],
+                       cpu_header="#include <vector>\n#include <algorithm>",
+                       cpu_src=_slide_merge_source(len(windows)))
+
+    def grad(self, grad_out):
+        height, width = self.size
+        count = jt.zeros((1, 1, height, width), "float32")
+        for y1, y2, x1, x2 in self.boxes:
+            count[:, :, y1:y2, x1:x2] += 1
+        share = grad_out / count
+        return (None, None) + tuple(share[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in self.boxes)
+
+
+def slide_merge(windows, boxes, size):
+    """Mean of overlapping window logits: (B, C, H, W) = per pixel, the sum of the windows
+    covering it (in order) divided by their number. windows[i] (B, C, y2 - y1, x2 - x1) is
+    placed at boxes[i] = (y1, y2, x1, x2); every pixel must be covered."""
+    return _SlideMerge.apply((int(size[0]), int(size[1])), [list(map(int, b)) for b in boxes],
+                             *windows)
+
+
+def slide_merge_supported(windows):
+    return not jt.flags.use_cuda and all(w.dtype == "float32" for w in windows)

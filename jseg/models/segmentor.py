@@ -9,6 +9,7 @@ Follows mmsegmentation 1.x's EncoderDecoder:
 import jittor as jt
 from jittor import nn
 
+from .kernels import slide_merge, slide_merge_supported
 from .layers import resize
 
 __all__ = ["EncoderDecoder", "slide_windows"]
@@ -86,10 +87,13 @@ class EncoderDecoder(nn.Module):
         if crop_size is None or stride is None:
             raise ValueError("slide inference needs crop_size and stride (test_cfg)")
         B, _, H, W = img.shape
+        boxes = slide_windows(H, W, crop_size, stride)
+        windows = [self.encode_decode(img[:, :, y1:y2, x1:x2]) for y1, y2, x1, x2 in boxes]
+        if slide_merge_supported(windows):
+            return slide_merge(windows, boxes, (H, W))  # one multi-threaded pass, same sums
         logits = jt.zeros((B, self.num_classes, H, W), "float32")
         count = jt.zeros((1, 1, H, W), "float32")
-        for y1, y2, x1, x2 in slide_windows(H, W, crop_size, stride):
-            window_logits = self.encode_decode(img[:, :, y1:y2, x1:x2])
+        for (y1, y2, x1, x2), window_logits in zip(boxes, windows):
             # zero-pad the window's logits to the full image: (left, right, top, bottom)
             padding = (x1, W - x2, y1, H - y2)
             logits = logits + nn.pad(window_logits, padding)
