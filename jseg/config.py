@@ -288,6 +288,8 @@ SCHEMA = Section(
         eval_interval=Field(int, 16000, "iterations between evaluations; 0: only at the end"),
         checkpoint_interval=Field(int, 16000, "iterations between checkpoints"),
         keep_checkpoints=Field(int, 3, "how many recent checkpoints to keep"),
+        amp=Field(bool, False, "mixed precision: fp16 compute, fp32 weights, dynamic loss "
+                  "scaling (CUDA only; see jseg/engine/amp.py)"),
     ),
 )
 

@@ -109,7 +109,7 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_checkpoints(demo_root, tmp_
 
 @pytest.mark.parametrize("case", ["missing_config", "bad_override", "missing_weights",
                                   "corrupt_weights", "class_mismatch", "resume_nothing",
-                                  "readonly_work_dir"])
+                                  "readonly_work_dir", "amp_on_cpu"])
 def test_bad_input_gives_one_line_and_exit_1(case, demo_root, straight_run, tmp_path):
     cfg = DEMO_CONFIG
     weights = os.path.join(straight_run, "checkpoints", "iter_00000004.pkl")
@@ -130,6 +130,9 @@ def test_bad_input_gives_one_line_and_exit_1(case, demo_root, straight_run, tmp_
     elif case == "resume_nothing":
         args = base + ["--task", "train", "--resume", "auto", "--work-dir", str(tmp_path)]
         needle = "no checkpoint in"
+    elif case == "amp_on_cpu":
+        args = base + ["--task", "train", "--work-dir", str(tmp_path), "train.amp=true"]
+        needle = "train.amp=true needs a CUDA GPU"
     else:  # a work dir that cannot be created (its parent is a file); root ignores modes
         blocker = tmp_path / "file"
         blocker.write_text("")

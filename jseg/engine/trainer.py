@@ -23,6 +23,7 @@ from tqdm import tqdm
 from jseg.config import config_to_yaml, dump_config
 from jseg.data.loader import build_train_loader, build_val_loader
 
+from .amp import DynamicLossScaler, amp_scope
 from .checkpoint import load_state_dict, read_checkpoint, write_checkpoint, find_checkpoints
 from .evaluator import evaluate
 from .metrics import format_table
@@ -111,9 +112,11 @@ def _restore_optimizer(optimizer, state, source):
     optimizer.n_step = int(state["n_step"])
 
 
-def save_training_checkpoint(path, model, optimizer, iteration, seed, cfg):
+def save_training_checkpoint(path, model, optimizer, iteration, seed, cfg, scaler=None):
     from jseg import __version__
+    extra = {"amp": scaler.state_dict()} if scaler is not None else {}
     write_checkpoint(path, {
+        **extra,
         "meta": {"iter": int(iteration), "seed": int(seed), "jseg_version": __version__,
                  "config": config_to_yaml(cfg), "time": time.strftime("%Y-%m-%d %H:%M:%S")},
         "state_dict": {k: v.numpy() for k, v in model.state_dict().items()},
@@ -190,6 +193,15 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
     optimizer = build_optimizer(model, cfg.optimizer)
     if checkpoint is not None:
         _restore_optimizer(optimizer, checkpoint["optimizer"], resume)
+    scaler = None
+    if train_cfg.amp:
+        if not jt.flags.use_cuda:
+            raise TrainingError("train.amp=true needs a CUDA GPU (Jittor computes in float16 "
+                                "only there); set train.amp=false to train in float32")
+        scaler = DynamicLossScaler()
+        if checkpoint is not None and "amp" in checkpoint:
+            scaler.load_state_dict(checkpoint["amp"])
+        logger.info("mixed precision on: fp16 compute, loss scale %g", scaler.scale)
     loader = build_train_loader(cfg, seed=seed)
     val_loader = None
     last_eval = None
@@ -210,9 +222,13 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
             lr = lr_at(it, cfg.scheduler, max_iters, cfg.optimizer.lr)
             set_lr(optimizer, lr)
             jt.set_seed(iteration_seed(seed, it, rank))
-            losses = model(jt.array(batch["img"]), jt.array(batch["seg"]))
-            loss = sum(v for k, v in losses.items() if k.startswith("loss"))
-            optimizer.backward(loss)
+            with amp_scope(scaler is not None):
+                losses = model(jt.array(batch["img"]), jt.array(batch["seg"]))
+                loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+                if scaler is None:
+                    optimizer.backward(loss)
+                else:
+                    scaler.backward(optimizer, loss)
             if world > 1:
                 loss = loss.mpi_all_reduce("mean")
             jt.sync_all()
@@ -222,9 +238,13 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
                     f"the loss is {loss_value} at iteration {it + 1}; stopping. The last good "
                     f"checkpoint in {ckpt_dir} is untouched: lower optimizer.lr, set "
                     "optimizer.grad_clip, or check the data, then --resume from it")
-            if cfg.optimizer.grad_clip is not None:
-                optimizer.clip_grad_norm(cfg.optimizer.grad_clip)
-            optimizer.step()
+            if scaler is not None and scaler.unscale(optimizer):
+                logger.warning("iteration %d: fp16 gradients overflowed; step skipped, loss "
+                               "scale lowered to %g", it + 1, scaler.scale)
+            else:
+                if cfg.optimizer.grad_clip is not None:
+                    optimizer.clip_grad_norm(cfg.optimizer.grad_clip)
+                optimizer.step()
             done = it + 1
             bar.update(1)
             window.append(loss_value)
@@ -249,7 +269,7 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
 
             if is_main and (done % train_cfg.checkpoint_interval == 0 or done == max_iters):
                 path = os.path.join(ckpt_dir, f"iter_{done:08d}.pkl")
-                save_training_checkpoint(path, model, optimizer, done, seed, cfg)
+                save_training_checkpoint(path, model, optimizer, done, seed, cfg, scaler)
                 _prune_checkpoints(ckpt_dir, train_cfg.keep_checkpoints)
                 logger.info("checkpoint saved: %s", path)
 
