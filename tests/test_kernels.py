@@ -173,3 +173,47 @@ def test_slide_merge_averages_overlapping_windows_with_gradients():
     grads = jt.grad((merged * jt.array(upstream)).sum(), windows)
     for g, (y1, y2, x1, x2) in zip(grads, boxes):
         np.testing.assert_allclose(g.numpy(), (upstream / count)[:, :, y1:y2, x1:x2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("size, align_corners", [((29, 41), False), ((5, 4), False),
+                                                 ((20, 33), True)])
+def test_resize_kernel_matches_jittor_interpolate(size, align_corners):
+    from jseg.models.layers import resize
+    x = jt.randn(2, 3, 13, 17)
+    upstream = jt.randn(2, 3, *size)
+    results = []
+    for fn in (lambda v: nn.interpolate(v, size=size, mode="bilinear",
+                                        align_corners=align_corners),
+               lambda v: resize(v, size, align_corners)):
+        y = fn(x)
+        results.append([y.numpy(), jt.grad((y * upstream).sum(), x).numpy()])
+    for name, e, g in zip(["output", "grad x"], *results):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_cross_entropy_and_accuracy_kernels_match_numpy():
+    from jseg.models.losses import accuracy, cross_entropy
+    rng = np.random.default_rng(6)
+    logits = (rng.standard_normal((2, 7, 5, 6)) * 4).astype("float32")
+    label = rng.integers(0, 7, (2, 5, 6)).astype("uint8")
+    label[0, 0] = 255  # ignored
+    label[1, 0, 0] = 9  # outside the classes: counted in the mean, adds no loss
+    weight = np.linspace(0.5, 2, 7).astype("float32")
+    x = jt.array(logits)
+    loss = cross_entropy(x, jt.array(label), class_weight=weight.tolist())
+    grad = jt.grad(loss * 2, x).numpy()
+
+    shifted = logits - logits.max(1, keepdims=True)
+    prob = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    valid = label < 7
+    y = np.where(valid, label, 0)
+    w = np.where(valid, weight[y], 0)
+    picked = np.take_along_axis(np.log(prob), y[:, None].astype(int), 1)[:, 0]
+    expected = -(w * picked).sum() / label.size
+    onehot = np.eye(7, dtype="float32")[y].transpose(0, 3, 1, 2)
+    expected_grad = 2 * w[:, None] * (prob - onehot) / label.size
+    assert abs(loss.item() - expected) < 1e-5 * abs(expected)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-7)
+    labelled = label != 255
+    expected_acc = ((logits.argmax(1) == label) & labelled).sum() / labelled.sum() * 100
+    assert abs(accuracy(x, jt.array(label)).item() - expected_acc) < 1e-3

@@ -263,15 +263,23 @@ static inline void jseg_linear_indices(int in, int out, bool align_corners,
         l0[d] = 1.f - lambda;
     }
 }
+// index and weight tables of both axes, (H, W) <-> (OH, OW)
+struct JsegResizeTables {
+    std::vector<int> h0, h1, w0, w1;
+    std::vector<float> lh0, lh1, lw0, lw1;
+    JsegResizeTables(int H, int W, int OH, int OW) {
+        jseg_linear_indices(H, OH, ALIGN_CORNERS, h0, h1, lh0, lh1);
+        jseg_linear_indices(W, OW, ALIGN_CORNERS, w0, w1, lw0, lw1);
+    }
+};
 """
 
 _RESIZE_FORWARD = r"""
 const int NC = in0_shape0 * in0_shape1, H = in0_shape2, W = in0_shape3;
 const int OH = out_shape2, OW = out_shape3;
-std::vector<int> h0, h1, w0, w1;
-std::vector<float> lh0, lh1, lw0, lw1;
-jseg_linear_indices(H, OH, ALIGN_CORNERS, h0, h1, lh0, lh1);
-jseg_linear_indices(W, OW, ALIGN_CORNERS, w0, w1, lw0, lw1);
+const JsegResizeTables t(H, W, OH, OW);
+const int *h0 = t.h0.data(), *h1 = t.h1.data(), *w0 = t.w0.data(), *w1 = t.w1.data();
+const float *lh0 = t.lh0.data(), *lh1 = t.lh1.data(), *lw0 = t.lw0.data(), *lw1 = t.lw1.data();
 #pragma omp parallel for schedule(static)
 for (int p = 0; p < NC; p++) {
     const in0_type* x = in0_p + (size_t)p * H * W;
@@ -295,10 +303,9 @@ for (int p = 0; p < NC; p++) {
 _RESIZE_GRAD = r"""
 const int NC = in0_shape0 * in0_shape1, OH = in0_shape2, OW = in0_shape3;
 const int H = out_shape2, W = out_shape3;
-std::vector<int> h0, h1, w0, w1;
-std::vector<float> lh0, lh1, lw0, lw1;
-jseg_linear_indices(H, OH, ALIGN_CORNERS, h0, h1, lh0, lh1);
-jseg_linear_indices(W, OW, ALIGN_CORNERS, w0, w1, lw0, lw1);
+const JsegResizeTables t(H, W, OH, OW);
+const int *h0 = t.h0.data(), *h1 = t.h1.data(), *w0 = t.w0.data(), *w1 = t.w1.data();
+const float *lh0 = t.lh0.data(), *lh1 = t.lh1.data(), *lw0 = t.lw0.data(), *lw1 = t.lw1.data();
 #pragma omp parallel for schedule(static)
 for (int p = 0; p < NC; p++) {
     const in0_type* dy = in0_p + (size_t)p * OH * OW;
