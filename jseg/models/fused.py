@@ -14,11 +14,27 @@ Here each bias rides along with the step that follows it:
 Tensors are (N, C, L) float32 with per-channel (C,) vectors; each has a backward kernel
 that also produces the per-channel gradients (one pass, one channel per task).
 """
+import contextlib
+
 import jittor as jt
 
 from .kernels import _FAST_ERF, _FAST_EXP
 
-__all__ = ["bias_gelu", "bias_gate", "scaled_residual", "fused_supported"]
+__all__ = ["bias_gelu", "bias_gate", "scaled_residual", "fused_supported", "fusion_disabled"]
+
+_fusion_enabled = True
+
+
+@contextlib.contextmanager
+def fusion_disabled():
+    """Inside: blocks run module by module (every conv module is called), e.g. so that
+    `jseg.utils.flops` sees each convolution."""
+    global _fusion_enabled
+    previous, _fusion_enabled = _fusion_enabled, False
+    try:
+        yield
+    finally:
+        _fusion_enabled = previous
 
 _HEADER = _FAST_EXP + _FAST_ERF + r"""
 #define JSEG_PLANES const int N = in0_shape0, C = in0_shape1, L = in0_shape2;
@@ -213,7 +229,7 @@ class _ScaledResidual(jt.Function):
 
 def fused_supported(x):
     """True when the fused CPU kernels apply to activations like `x`."""
-    return not jt.flags.use_cuda and x.dtype == "float32"
+    return _fusion_enabled and not jt.flags.use_cuda and x.dtype == "float32"
 
 
 def bias_gelu(m, b):

@@ -135,7 +135,8 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop, is_train=True) if drop > 0 else nn.Identity()
 
     def execute(self, x):
-        if self.fc1.matmul_supported(x) and depthwise_supported(self.dwconv, x):
+        if (fused_supported(x) and self.fc1.matmul_supported(x)
+                and depthwise_supported(self.dwconv, x)):
             # one pass for fc1's bias, the depthwise conv and GELU (same arithmetic)
             x = depthwise_conv2d(self.fc1.project(x), self.dwconv.weight, self.dwconv.bias,
                                  input_bias=self.fc1.bias, gelu=True)

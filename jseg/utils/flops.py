@@ -80,6 +80,7 @@ def count_macs(model, input_shape):
     The model's train/eval mode is restored afterwards.
     """
     import jittor as jt
+    from jseg.models.fused import fusion_disabled
     from jseg.models.ham_head import NMF2D
 
     by_module = {}
@@ -107,7 +108,8 @@ def count_macs(model, input_shape):
             record(name, module)
     model.eval()
     try:
-        with jt.no_grad():
+        # module by module: the fused CPU kernels would skip the conv modules' execute
+        with jt.no_grad(), fusion_disabled():
             x = jt.zeros(tuple(input_shape), "float32")
             forward = getattr(model, "encode_decode", model)
             forward(x)  # builds the lazy graph only; never executed
