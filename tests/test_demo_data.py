@@ -105,5 +105,5 @@ def test_demo_data_reads_as_a_custom_dataset_and_browses(tmp_path):
     bad = subprocess.run([sys.executable, tool, "--config-file", cfg_path, "--out-dir", str(out),
                           "data.data_root=/nonexistent"], capture_output=True, text=True,
                          timeout=120)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: data root"), bad.stderr
+    assert bad.returncode == 1 and bad.stderr.startswith("error: data root"), bad.stderr
     assert "Traceback" not in bad.stderr

@@ -6,10 +6,13 @@ examples:
 
 Needs matplotlib (pip install -e .[plot]). Several files are drawn on the same axes.
 """
-import argparse
 import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jseg.utils.cli import ToolParser  # noqa: E402  (configures Jittor's env only)
 
 
 def read_metrics(path):
@@ -29,8 +32,7 @@ def read_metrics(path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__[__doc__.index("examples"):],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(__doc__)
     p.add_argument("files", nargs="+", metavar="METRICS_JSONL")
     p.add_argument("--out", required=True, help="output PNG")
     args = p.parse_args(argv)

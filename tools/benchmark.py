@@ -22,27 +22,19 @@ child process and alternates rounds with Jittor; it prints Jittor time / PyTorch
 Needs the reference: pip install -e .[parity]. Details: jseg/utils/benchmark.py.
 Exit codes: 0 done, 1 bad input or no reference installed.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.config import load_config  # noqa: E402  (jseg configures Jittor; no Jittor yet)
 from jseg.utils.benchmark import (MODES, VS_TORCH_HINT, check_settings,  # noqa: E402
                                   format_report, run_benchmark, torch_available)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """A bad option: one line and exit 1, like every other bad input."""
-        self.exit(1, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv=None):
-    parser = _Parser(description=__doc__.split("\n")[0],
-                     epilog=__doc__[__doc__.index("examples"):],
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__doc__)
     parser.add_argument("--config-file", required=True, help="YAML config")
     parser.add_argument("--checkpoint", default=None,
                         help="weights (converted by weights_convert or saved by training); "

@@ -9,7 +9,6 @@ val: the files as read (original size, labels after reduce_zero_label).
 Each output is <index>_<name>.png: image | label colours over the image. Ignored pixels
 (255) are left as they are in the overlay.
 """
-import argparse
 import os
 import sys
 
@@ -18,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.config import ConfigError, load_config  # noqa: E402
 from jseg.data.datasets import DataError, build_dataset  # noqa: E402
 from jseg.data.loader import epoch_permutation, sample_rng  # noqa: E402
@@ -58,7 +58,7 @@ def browse(config_file, split, out_dir, num, overrides=(), opacity=0.5, shuffle=
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ToolParser(__doc__)
     p.add_argument("--config-file", required=True, help="config YAML")
     p.add_argument("--split", choices=("train", "val"), default="train")
     p.add_argument("--out-dir", required=True, help="folder for the PNG files")
@@ -71,7 +71,7 @@ def main(argv=None):
                        args.opacity)
     except (ConfigError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     print(f"wrote {len(paths)} samples to {args.out_dir}")
     return 0
 

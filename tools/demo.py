@@ -10,13 +10,13 @@ For each image IMG it writes OUT/IMG_overlay.jpg (colours over the image, with a
 classes found) and OUT/IMG.png (class ids), and prints the classes found and the time taken.
 A file that cannot be read is reported and skipped; the exit code is 1 if any image failed.
 """
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jseg.utils.cli import ToolParser  # noqa: E402
 import jseg  # noqa: E402,F401  (configures Jittor before it is imported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -35,8 +35,7 @@ def list_images(path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__[__doc__.index("examples"):],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(__doc__)
     p.add_argument("input", metavar="IMG_OR_DIR")
     p.add_argument("--config-file", required=True)
     p.add_argument("--checkpoint", required=True, help="weights (weights_convert output or a training checkpoint)")

@@ -8,19 +8,17 @@ MACs count convolutions and the decode head's NMF matmuls (at eval steps), as th
 paper's "FLOPs" do (see jseg/utils/flops.py). The model is only built and traced, never run,
 so this takes seconds even for MSCAN-L at 2048x1024.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.config import ConfigError, load_config  # noqa: E402  (jseg configures Jittor)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog=__doc__[__doc__.index("examples"):],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__doc__)
     parser.add_argument("--config-file", required=True, help="YAML config")
     parser.add_argument("--shape", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                         help="input height and width (default 512 512)")
@@ -35,12 +33,12 @@ def main(argv=None):
     if height <= 0 or width <= 0:
         print(f"error: --shape must be two positive integers, got {height} {width}",
               file=sys.stderr)
-        return 2
+        return 1
     try:
         cfg = load_config(args.config_file, overrides=args.overrides)
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
     from jseg.models import build_model
     from jseg.utils.flops import model_complexity
@@ -49,7 +47,7 @@ def main(argv=None):
         model = build_model(cfg["model"])
     except ValueError as e:
         print(f"error: cannot build the model of {args.config_file}: {e}", file=sys.stderr)
-        return 2
+        return 1
     in_channels = cfg["model"]["backbone"]["in_channels"]
     result = model_complexity(model, (1, in_channels, height, width))
     print(f"config:     {args.config_file}")

@@ -6,18 +6,18 @@
 Deterministic: the same arguments give the same files. Existing files are kept, so an
 interrupted run can be restarted.
 """
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.data.demo import make_demo_data  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ToolParser(__doc__)
     p.add_argument("--out", default="data/demo", help="output folder (default: data/demo)")
     p.add_argument("--num-train", type=int, default=300, help="training images (default: 300)")
     p.add_argument("--num-val", type=int, default=40, help="validation images (default: 40)")
@@ -31,7 +31,7 @@ def main(argv=None):
                              log=lambda m: print(m, flush=True))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     print(f"demo data in {res['out']}: {res['written']} image pairs written, {res['kept']} kept "
           f"({time.time() - start:.1f} s)")
     return 0

@@ -21,7 +21,6 @@ Needs the PyTorch reference: pip install -e .[parity]
 Exit codes: 0 within tolerance (rel <= 1e-4, agreement >= 99.9%), 3 beyond it,
 1 bad input or no reference installed.
 """
-import argparse
 import os
 import sys
 
@@ -29,13 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.config import load_config  # noqa: E402  (jseg configures Jittor)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog=__doc__[__doc__.index("examples"):],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__doc__)
     parser.add_argument("--config-file", required=True, help="YAML config of the model")
     parser.add_argument("--checkpoint", required=True,
                         help="PyTorch checkpoint (.pth) in mmseg 1.x or official key names")

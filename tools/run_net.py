@@ -14,21 +14,20 @@ examples:
   # several processes (data parallel, synchronised BatchNorm):
   mpirun -np 2 python tools/run_net.py --config-file C --task train
 """
-import argparse
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.config import ConfigError, load_config  # noqa: E402  (jseg configures Jittor)
 
 logger = logging.getLogger("jseg")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__[__doc__.index("examples"):],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(__doc__)
     parser.add_argument("--config-file", required=True, help="YAML config")
     parser.add_argument("--task", required=True, choices=("train", "val", "test"))
     parser.add_argument("--resume", metavar="CKPT|auto",

@@ -13,7 +13,6 @@ as float32, as the model holds them. DST is written atomically as
 existing DST is left as it was. Errors are one line on stderr and exit code 1
 (2 for wrong command-line usage).
 """
-import argparse
 import hashlib
 import os
 import sys
@@ -26,6 +25,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: make `import j
 
 import jseg  # noqa: E402
 from jseg.utils.atomic import save_checkpoint_file  # noqa: E402
+from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.utils.safe_pickle import (  # noqa: E402
     CheckpointError, load_checkpoint_file, sniff_checkpoint_format, unwrap_state_dict)
 from weights_convert.mapping import (  # noqa: E402
@@ -139,11 +139,10 @@ def convert_checkpoint(src, dst, fmt="auto", config_file=None, log=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="weights_convert/convert.py",
-        description="Convert a SegNeXt checkpoint (mmseg 1.x, official PyTorch, ImageNet "
-                    "MSCAN or JSeg) into jseg's checkpoint format, safely (no code from the "
-                    "file runs).")
+    parser = ToolParser(
+        "Convert a SegNeXt checkpoint (mmseg 1.x, official PyTorch, ImageNet MSCAN or JSeg) "
+        "into jseg's checkpoint format, safely (no code from the file runs).",
+        prog="weights_convert/convert.py")
     parser.add_argument("src", metavar="SRC", help="checkpoint to read (.pth, .pt, .pkl)")
     parser.add_argument("dst", metavar="DST", help="jseg checkpoint to write")
     parser.add_argument("--format", default="auto", choices=["auto", *FORMATS],
