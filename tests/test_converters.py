@@ -78,7 +78,7 @@ def data_cfg(base, root):
 
 def check_error(capsys, code, *words):
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, f"exit code {code}, stderr {err}"
+    assert code == 1, f"exit code {code}, stderr {err}"
     assert err and err[-1].startswith("error: "), err
     for w in words:
         assert w in err[-1], f"{w!r} not in {err[-1]!r}"
@@ -176,10 +176,10 @@ def test_wrong_layout_is_one_line(name, args, words, tmp_path, capsys):
 
 
 def test_scripts_run_standalone_without_jittor(tmp_path):
-    """As a user runs it: a clear line and exit code 2; the converters never import Jittor."""
+    """As a user runs it: a clear line and exit code 1; the converters never import Jittor."""
     proc = subprocess.run([sys.executable, os.path.join(TOOLS, "coco_stuff164k.py"),
                            str(tmp_path / "nowhere")], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert proc.stderr.startswith("error: COCO-Stuff root"), proc.stderr
     code = ("import importlib.util, sys\n"
             f"for n in {CONVERTERS!r}:\n"

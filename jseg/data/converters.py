@@ -260,17 +260,29 @@ def run_tasks(fn, items, nproc=1, desc="converting", unit="file"):
     return results
 
 
+def converter_parser(doc, overwrite_help):
+    """The command line of a converter script: description (first line of `doc`) and
+    epilog (the rest after the first paragraph), plus --nproc and --overwrite; the caller
+    adds its positional arguments. Bad options: one `error:` line, exit 1."""
+    from jseg.utils.cli import ToolParser
+
+    parser = ToolParser(doc, epilog=doc.split("\n\n", 1)[1])
+    parser.add_argument("--nproc", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    return parser
+
+
 def run_cli(job):
     """Run `job()` for a command-line tool: print the summary it returns, give an exit code.
 
     A ConvertError (bad or missing raw data) becomes one `error: ...` line on stderr and
-    exit code 2; other exceptions keep their traceback.
+    exit code 1, like every bad input; other exceptions keep their traceback.
     """
     try:
         summary = job()
     except ConvertError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     if summary:
         print(summary, flush=True)
     return 0

@@ -14,7 +14,6 @@ Output:
 Needs the optional package cityscapesscripts (pip install cityscapesscripts).
 Restartable: label maps that already exist are kept (--overwrite makes them again).
 """
-import argparse
 import io
 import os
 import sys
@@ -22,7 +21,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from jseg.data.converters import (ConvertError, find_files, is_complete,  # noqa: E402
+from jseg.data.converters import (ConvertError, converter_parser, find_files, is_complete,  # noqa: E402
                                   require_dir, run_cli, run_tasks, write_bytes, write_lines)
 
 SPLITS = ("train", "val", "test")
@@ -100,13 +99,8 @@ def convert(raw_root, nproc=1, overwrite=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = converter_parser(__doc__, "make every label map again, even those that exist")
     p.add_argument("raw_root", metavar="RAW_ROOT", help="Cityscapes folder holding gtFine/")
-    p.add_argument("--nproc", type=int, default=1, help="worker processes (default: 1)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="make every label map again, even those that exist")
     args = p.parse_args(argv)
 
     def job():

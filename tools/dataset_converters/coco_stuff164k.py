@@ -15,7 +15,6 @@ Output, next to each map:
 
 Restartable: maps that already exist are kept (--overwrite makes them again).
 """
-import argparse
 import os
 import sys
 from collections import Counter
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jseg.data.converters import (ConvertError, id_lut, is_complete, require_dir,  # noqa: E402
+from jseg.data.converters import (ConvertError, converter_parser, id_lut, is_complete, require_dir,  # noqa: E402
                                   run_cli, run_tasks, write_png)
 
 SPLITS = ("train2017", "val2017")
@@ -78,14 +77,9 @@ def convert(coco_path, nproc=1, overwrite=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = converter_parser(__doc__, "make every map again, even those that exist")
     p.add_argument("coco_path", metavar="COCO_PATH",
                    help="COCO-Stuff folder holding images/ and annotations/")
-    p.add_argument("--nproc", type=int, default=1, help="worker processes (default: 1)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="make every map again, even those that exist")
     args = p.parse_args(argv)
 
     def job():

@@ -22,7 +22,6 @@ ship (0,0,63) = 1, ...); a colour outside the palette becomes 255 (ignored) and 
 in the summary (mmseg makes it 0, background).
 Restartable: an image whose patches all exist is skipped (--overwrite makes them again).
 """
-import argparse
 import os
 import struct
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
-from jseg.data.converters import (ConvertError, colours_to_ids, decode_image,  # noqa: E402
+from jseg.data.converters import (ConvertError, converter_parser, colours_to_ids, decode_image,  # noqa: E402
                                   find_files, is_complete, require_dir, run_cli, run_tasks,
                                   write_bytes, write_png)
 from jseg.data.palettes import PALETTES  # noqa: E402
@@ -230,18 +229,13 @@ def convert(raw_root, out_dir, patch=896, overlap=384, nproc=1, overwrite=False)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = converter_parser(__doc__, "cut every image again, even those whose patches exist")
     p.add_argument("raw_root", metavar="RAW_ROOT", help="iSAID download folder (train/, val/)")
     p.add_argument("-o", "--out-dir", default=os.path.join("data", "iSAID"),
                    help="output folder (default: data/iSAID)")
     p.add_argument("--patch-size", type=int, default=896, help="patch side (default: 896)")
     p.add_argument("--overlap", type=int, default=384,
                    help="overlap of neighbouring patches (default: 384, stride 512)")
-    p.add_argument("--nproc", type=int, default=1, help="worker processes (default: 1)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="cut every image again, even those whose patches exist")
     args = p.parse_args(argv)
 
     def job():

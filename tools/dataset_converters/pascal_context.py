@@ -22,7 +22,6 @@ ones on top) with their category ids, then each id replaced by its place among t
 below. An id outside them is an error, as in mmseg.
 Restartable: PNGs that already exist are kept (--overwrite makes them again).
 """
-import argparse
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
-from jseg.data.converters import (ConvertError, decode_coco_rle, is_complete,  # noqa: E402
+from jseg.data.converters import (ConvertError, converter_parser, decode_coco_rle, is_complete,  # noqa: E402
                                   require_dir, require_file, run_cli, run_tasks, write_lines,
                                   write_png)
 
@@ -132,14 +131,9 @@ def convert(devkit_path, json_path, nproc=1, overwrite=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = converter_parser(__doc__, "make every PNG again, even those that exist")
     p.add_argument("devkit_path", metavar="DEVKIT_PATH", help="VOCdevkit folder (holds VOC2010/)")
     p.add_argument("json_path", metavar="JSON_PATH", help="trainval_merged.json")
-    p.add_argument("--nproc", type=int, default=1, help="worker processes (default: 1)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="make every PNG again, even those that exist")
     args = p.parse_args(argv)
 
     def job():

@@ -20,7 +20,6 @@ Output:
 Needs the optional package scipy to read the .mat files (pip install scipy).
 Restartable: PNGs that already exist are kept (--overwrite makes them again).
 """
-import argparse
 import os
 import sys
 from collections import Counter
@@ -29,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
-from jseg.data.converters import (ConvertError, find_files, is_complete,  # noqa: E402
+from jseg.data.converters import (ConvertError, converter_parser, find_files, is_complete,  # noqa: E402
                                   require_dir, require_file, run_tasks, run_cli, write_lines,
                                   write_png)
 
@@ -120,15 +119,10 @@ def convert(devkit_path, aug_path, nproc=1, overwrite=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = converter_parser(__doc__, "make every PNG again, even those that exist")
     p.add_argument("devkit_path", metavar="DEVKIT_PATH", help="VOCdevkit folder (holds VOC2012/)")
     p.add_argument("aug_path", metavar="AUG_PATH",
                    help="SBD benchmark_RELEASE folder (holds dataset/cls/)")
-    p.add_argument("--nproc", type=int, default=1, help="worker processes (default: 1)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="make every PNG again, even those that exist")
     args = p.parse_args(argv)
 
     def job():
