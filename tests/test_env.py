@@ -86,3 +86,17 @@ def test_config_only_use_does_not_start_jittor():
                      "load_config('configs/demo/segnext_mscan-t_demo.yaml'); "
                      "print('jittor' in sys.modules, callable(jseg.build_model))")
     assert out.returncode == 0 and out.stdout.strip() == "False True", (out.stdout, out.stderr)
+
+
+def test_jittor_starts_without_torch_and_compiles_on_the_calling_thread():
+    """The two start-up settings that keep cold kernel compiles from crashing or hanging:
+    no torch loaded beside Jittor, no parallel op compiler; the user's own value wins."""
+    code = ("import sys, jseg, jittor as jt; "
+            "print(jt.flags.use_parallel_op_compiler, 'torch' in sys.modules)")
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("use_parallel_op_compiler", "FIX_TORCH_ERROR")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=environ, cwd=ROOT, timeout=600)
+    assert out.returncode == 0 and out.stdout.split() == ["0", "False"], (out.stdout, out.stderr)
+    out = run_python(code, use_parallel_op_compiler="4")
+    assert out.returncode == 0 and out.stdout.split()[0] == "4", (out.stdout, out.stderr)

@@ -123,11 +123,16 @@ def test_mlp_fused_path_matches_the_plain_ops():
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * np.abs(p).max(), err_msg=str(i))
 
 
-@pytest.mark.parametrize("training", [False, True])
-def test_fused_block_matches_the_module_by_module_block(training):
+@pytest.mark.parametrize("training, drop_path", [(False, 0.0), (True, 0.0), (True, 0.5)])
+def test_fused_block_matches_the_module_by_module_block(training, drop_path, monkeypatch):
+    """Same outputs and gradients. DropPath: Jittor draws random numbers when an op runs,
+    and the two graphs run in different orders, so the draws are pinned here: sample 0
+    is kept, sample 1 dropped (keep probability 0.5)."""
     from jseg.models.mscan import MSCABlock
+    monkeypatch.setattr(jt, "rand", lambda shape, dtype="float32": jt.array(
+        np.array([0.9, 0.1], "float32").reshape(shape)))
     jt.set_seed(4)
-    block = MSCABlock(8, mlp_ratio=2)
+    block = MSCABlock(8, mlp_ratio=2, drop_path=drop_path)
     for p in block.parameters():  # non-trivial biases and scales
         p.assign(p + 0.05 * jt.randn(p.shape))
     block.train() if training else block.eval()
@@ -140,13 +145,17 @@ def test_fused_block_matches_the_module_by_module_block(training):
         y = block._fused_execute(x) if fused else _plain(block, x)
         return [t.numpy() for t in (y, *jt.grad((y * upstream).sum(), params))]
 
-    for i, (f, p) in enumerate(zip(run(True), run(False))):
+    fused = run(True)
+    for i, (f, p) in enumerate(zip(fused, run(False))):
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * max(np.abs(p).max(), 1e-3),
                                    err_msg=str(i))
+    if drop_path:  # the masks did drop something (else this case would test nothing new)
+        block.drop_path.p = 0.0
+        assert not np.allclose(run(True)[0], fused[0])
 
 
 def _plain(block, x):
-    """The block without the fused kernels (what runs on GPU or with DropPath active)."""
+    """The block without the fused kernels (what runs on GPU or with dropout active)."""
     original = block._can_fuse
     block._can_fuse = lambda _x: False
     try:

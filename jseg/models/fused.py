@@ -7,9 +7,9 @@ Here each bias rides along with the step that follows it:
 
 - `bias_gelu(m, b)` = gelu(m + b)                        (proj_1 -> GELU)
 - `bias_gate(m, b, u)` = (m + b) * u                     (conv3 -> gating by u)
-- `scaled_residual(x, m, b, scale, s)` = x + scale * (m + b + s)
+- `scaled_residual(x, m, b, scale, s)` = x + scale * (m + b + s) [* DropPath mask]
                                                          (proj_2 + shortcut, layer scale,
-                                                          residual; fc2 without s)
+                                                          DropPath, residual; fc2 without s)
 
 Tensors are (N, C, L) float32 with per-channel (C,) vectors; each has a backward kernel
 that also produces the per-channel gradients (one pass, one channel per task).
@@ -126,30 +126,31 @@ for (int c = 0; c < C; c++) {
 }
 """
 
-# in0 x, in1 m, in2 b, in3 scale, [in4 s] -> x + scale * (m + b [+ s])
+# in0 x, in1 m, in2 b, in3 scale, in4 per-sample factor g (N,), [in5 s]
+# -> x + scale * (m + b [+ s]) * g   (g: DropPath's keep mask / keep probability, or 1)
 _RESIDUAL = r"""
 JSEG_PLANES
 #pragma omp parallel for schedule(static)
 for (int nc = 0; nc < N * C; nc++) {
     const int c = nc % C;
-    const float b = in2_p[c], k = in3_p[c];
+    const float b = in2_p[c], k = in3_p[c], g = in4_p[nc / C];
     const size_t o = (size_t)nc * L;
     const in0_type* __restrict__ x = in0_p + o;
     const in1_type* __restrict__ m = in1_p + o;
     out_type* __restrict__ y = out_p + o;
 #if HAS_SHORTCUT
-    const in4_type* __restrict__ s = in4_p + o;
+    const in5_type* __restrict__ s = in5_p + o;
     #pragma omp simd
-    for (int i = 0; i < L; i++) y[i] = x[i] + k * (m[i] + b + s[i]);
+    for (int i = 0; i < L; i++) y[i] = x[i] + k * (m[i] + b + s[i]) * g;
 #else
     #pragma omp simd
-    for (int i = 0; i < L; i++) y[i] = x[i] + k * (m[i] + b);
+    for (int i = 0; i < L; i++) y[i] = x[i] + k * (m[i] + b) * g;
 #endif
 }
 """
 
-# in0 dy, in1 m, in2 b, in3 scale, [in4 s] -> out0 dm = scale dy (also ds),
-# out1 dscale = sum dy (m + b [+ s]), out2 db = scale sum dy
+# in0 dy, in1 m, in2 b, in3 scale, in4 g, [in5 s] -> out0 dm = scale g dy (also ds),
+# out1 dscale = sum g dy (m + b [+ s]), out2 db = scale sum g dy
 _RESIDUAL_GRAD = r"""
 JSEG_PLANES
 #pragma omp parallel for schedule(static)
@@ -158,16 +159,17 @@ for (int c = 0; c < C; c++) {
     double total_dy = 0, total_scale = 0;
     for (int n = 0; n < N; n++) {
         const size_t o = ((size_t)n * C + c) * L;
+        const float g = in4_p[n], kg = k * g;
         const in0_type* __restrict__ dy = in0_p + o;
         const in1_type* __restrict__ m = in1_p + o;
         out0_type* __restrict__ dm = out0_p + o;
 #if HAS_SHORTCUT
-        const in4_type* __restrict__ s = in4_p + o;
+        const in5_type* __restrict__ s = in5_p + o;
 #endif
         float sdy = 0, sk = 0;
         #pragma omp simd reduction(+:sdy, sk)
         for (int i = 0; i < L; i++) {
-            dm[i] = k * dy[i];
+            dm[i] = kg * dy[i];
             sdy += dy[i];
 #if HAS_SHORTCUT
             sk += dy[i] * (m[i] + b + s[i]);
@@ -175,8 +177,8 @@ for (int c = 0; c < C; c++) {
             sk += dy[i] * (m[i] + b);
 #endif
         }
-        total_dy += sdy;
-        total_scale += sk;
+        total_dy += (double)g * sdy;
+        total_scale += (double)g * sk;
     }
     out1_p[c] = total_scale;
     out2_p[c] = k * total_dy;
@@ -213,18 +215,18 @@ class _BiasGate(jt.Function):
 
 
 class _ScaledResidual(jt.Function):
-    def execute(self, x, m, b, scale, s=None):
-        inputs = [x, m, b, scale] + ([s] if s is not None else [])
+    def execute(self, x, m, b, scale, factor, s=None):
+        inputs = [x, m, b, scale, factor] + ([s] if s is not None else [])
         self.header = _HEADER + f"#define HAS_SHORTCUT {int(s is not None)}\n"
-        self.saved = (m, b, scale, s)
+        self.saved = (m, b, scale, factor, s)
         return jt.code(x.shape, x.dtype, inputs, cpu_header=self.header, cpu_src=_RESIDUAL)
 
     def grad(self, dy):
-        m, b, scale, s = self.saved
-        inputs = [dy, m, b, scale] + ([s] if s is not None else [])
+        m, b, scale, factor, s = self.saved
+        inputs = [dy, m, b, scale, factor] + ([s] if s is not None else [])
         dm, dscale, db = jt.code([m.shape, scale.shape, b.shape], [m.dtype] * 3, inputs,
                                  cpu_header=self.header, cpu_src=_RESIDUAL_GRAD)
-        return (dy, dm, db, dscale) + ((dm,) if s is not None else ())
+        return (dy, dm, db, dscale, None) + ((dm,) if s is not None else ())
 
 
 def fused_supported(x):
@@ -242,7 +244,17 @@ def bias_gate(m, b, u):
     return _BiasGate.apply(_flat(m), b, _flat(u)).reshape(m.shape)
 
 
-def scaled_residual(x, m, b, scale, s=None):
-    """x + scale[c] * (m + b[c] (+ s)) for x, m, s (N, C, ...) and b, scale (C,)."""
-    args = [_flat(x), _flat(m), b, scale] + ([_flat(s)] if s is not None else [])
+def scaled_residual(x, m, b, scale, s=None, drop_path=None):
+    """x + scale[c] * (m + b[c] (+ s)) for x, m, s (N, C, ...) and b, scale (C,).
+
+    drop_path: a jittor nn.DropPath; when it is active (training, p > 0) the branch of
+    each sample is kept with probability 1 - p and then divided by it, as DropPath does.
+    """
+    n = x.shape[0]
+    if drop_path is not None and drop_path.is_train and drop_path.p > 0:
+        keep = 1.0 - drop_path.p
+        factor = ((keep + jt.rand((n,), dtype="float32")).floor() / keep).stop_grad()
+    else:
+        factor = jt.ones((n,), "float32").stop_grad()
+    args = [_flat(x), _flat(m), b, scale, factor] + ([_flat(s)] if s is not None else [])
     return _ScaledResidual.apply(*args).reshape(x.shape)

@@ -163,12 +163,12 @@ class MSCABlock(nn.Module):
         self.layer_scale_2 = LAYER_SCALE_INIT * nn.init.one((channels,), "float32")
 
     def _can_fuse(self, x):
-        """The fused CPU kernels apply: CPU float32, no active DropPath or dropout."""
+        """The fused CPU kernels apply: CPU float32, no active dropout (DropPath is fused)."""
         attn, mlp = self.attn, self.mlp
         sgu = attn.spatial_gating_unit
         convs = [sgu.conv0] + [getattr(sgu, f"conv{i}_{j}") for i in range(sgu.num_branches)
                                for j in (1, 2)]
-        stochastic = [m for m in (self.drop_path, mlp.drop)
+        stochastic = [m for m in (mlp.drop,)
                       if getattr(m, "is_train", False) and getattr(m, "p", 0) > 0]
         return (fused_supported(x) and attn.proj_1.matmul_supported(x) and not stochastic
                 and all(depthwise_supported(c, x) for c in convs + [mlp.dwconv]))
@@ -188,10 +188,11 @@ class MSCABlock(nn.Module):
             total = depthwise_conv2d(branch, second.weight, second.bias, addend=total)
         gated = bias_gate(sgu.conv3.project(total), sgu.conv3.bias, u)
         x = scaled_residual(x, attn.proj_2.project(gated), attn.proj_2.bias,
-                            self.layer_scale_1, normed)
+                            self.layer_scale_1, normed, drop_path=self.drop_path)
         hidden = depthwise_conv2d(mlp.fc1.project(self.norm2(x)), mlp.dwconv.weight,
                                   mlp.dwconv.bias, input_bias=mlp.fc1.bias, gelu=True)
-        return scaled_residual(x, mlp.fc2.project(hidden), mlp.fc2.bias, self.layer_scale_2)
+        return scaled_residual(x, mlp.fc2.project(hidden), mlp.fc2.bias, self.layer_scale_2,
+                               drop_path=self.drop_path)
 
     def execute(self, x):
         if self._can_fuse(x):

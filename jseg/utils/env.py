@@ -2,7 +2,7 @@
 
 Jittor reads its settings from environment variables when it is first imported,
 so `configure_jittor()` must run before `import jittor`; `jseg/__init__.py`
-calls it, which makes every `import jseg...` safe. It decides three things:
+calls it, which makes every `import jseg...` safe. It decides four things:
 
 - device: without an NVIDIA driver (no `/dev/nvidia*`, no `libcuda.so.1`)
   Jittor is told there is no nvcc, so it starts on CPU instead of failing on a
@@ -13,6 +13,8 @@ calls it, which makes every `import jseg...` safe. It decides three things:
   with one warning, instead of letting Jittor try the network.
 - torch: Jittor would import torch at start-up when installed; we turn that
   off (`FIX_TORCH_ERROR=0`), see `configure_jittor`.
+- kernel compiles run on the calling thread (`use_parallel_op_compiler=0`), see
+  `configure_jittor`.
 """
 import ctypes
 import glob
@@ -82,6 +84,12 @@ def configure_jittor():
     # with torch in the environment (the parity extra) cold kernel compiles then
     # crashed now and then. jseg never needs torch beside Jittor, so leave it out.
     os.environ.setdefault("FIX_TORCH_ERROR", "0")
+    # Jittor compiles new kernels on min(16, RAM / 3 GB) threads by default. A crash in one
+    # of them (seen on cold caches, in CI and locally) makes the process hang in its exit
+    # handler instead of failing; compiling on the calling thread avoids that path. It costs
+    # cold starts roughly a minute or two on 2 cores; `use_parallel_op_compiler=16` in the
+    # environment brings Jittor's default back.
+    os.environ.setdefault("use_parallel_op_compiler", "0")
     if not gpu_available():
         # An empty nvcc path keeps Jittor from trying CUDA without a driver.
         os.environ.setdefault("nvcc_path", "")
