@@ -28,12 +28,11 @@ QUICK = dict(shape=SHAPE, iters=2, warmup=1)
 
 @pytest.fixture(autouse=True)
 def _restore_environment(monkeypatch):
-    """run_benchmark sets OMP_NUM_THREADS and FIX_TORCH_ERROR; undo that after each test."""
-    for name in ("OMP_NUM_THREADS", "FIX_TORCH_ERROR"):
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
-        else:
-            monkeypatch.delenv(name, raising=False)
+    """run_benchmark sets OMP_NUM_THREADS; undo that after each test."""
+    if "OMP_NUM_THREADS" in os.environ:
+        monkeypatch.setenv("OMP_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,8 @@ def test_mlp_fused_path_matches_the_plain_ops():
         return [t.numpy() for t in (y, *jt.grad((y * upstream).sum(), params))]
 
     fused = run(mlp)
-    plain = run(lambda v: mlp.fc2(nn.gelu(nn.Conv2d.execute(mlp.dwconv, nn.Conv2d.execute(mlp.fc1, v)))))
+    plain = run(lambda v: mlp.fc2(nn.gelu(
+        nn.Conv2d.execute(mlp.dwconv, nn.Conv2d.execute(mlp.fc1, v)))))
     for i, (f, p) in enumerate(zip(fused, plain)):
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * np.abs(p).max(), err_msg=str(i))
 

@@ -50,7 +50,6 @@ class DynamicLossScaler:
         self.scale = float(state["scale"])
         self.good_steps = int(state["good_steps"])
 
-
     def backward(self, optimizer, loss):
         """optimizer.backward(loss * scale): gradients of the scaled loss."""
         optimizer.backward(loss * self.scale)

@@ -18,7 +18,7 @@ import contextlib
 
 import jittor as jt
 
-from .kernels import _FAST_ERF, _FAST_EXP
+from .kernels import _GELU_HEADER
 
 __all__ = ["bias_gelu", "bias_gate", "scaled_residual", "fused_supported", "fusion_disabled"]
 
@@ -36,15 +36,9 @@ def fusion_disabled():
     finally:
         _fusion_enabled = previous
 
-_HEADER = _FAST_EXP + _FAST_ERF + r"""
+
+_HEADER = _GELU_HEADER + r"""
 #define JSEG_PLANES const int N = in0_shape0, C = in0_shape1, L = in0_shape2;
-static inline float jseg_gelu(float x) {
-    return 0.5f * x * (1.f + jseg_erf(x * 0.70710678118654752f));
-}
-static inline float jseg_gelu_grad(float x) {
-    return 0.5f * (1.f + jseg_erf(x * 0.70710678118654752f))
-        + x * 0.39894228040143268f * jseg_exp(-0.5f * x * x);
-}
 """
 
 # in0 m, in1 b -> gelu(m + b)

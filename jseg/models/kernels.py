@@ -100,8 +100,7 @@ const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2
         const float* __restrict__ pre = out1_p + plane;
         float* __restrict__ y = out0_p + plane;
         #pragma omp simd
-        for (int i = 0; i < H * W; i++)
-            y[i] = 0.5f * pre[i] * (1.f + jseg_erf(pre[i] * 0.70710678118654752f));
+        for (int i = 0; i < H * W; i++) y[i] = jseg_gelu(pre[i]);
 #else
         jseg_correlate(xp.data(), H, W, KH, KW, in1_p + (size_t)c * KH * KW, in2_p[c],
                        out0_p + plane);
@@ -183,7 +182,10 @@ class _DepthwiseConv2d(jt.Function):
     """y = [gelu](depthwise_conv(x + in_bias, weight) + bias [+ addend]), stride 1, "same"."""
 
     def execute(self, x, weight, bias, in_bias, with_gelu, addend=None):
-        header = (_FAST_EXP + _FAST_ERF + f"#define GELU_EPILOGUE {int(with_gelu)}\n"
+        self.input_bias_used = in_bias is not None
+        if in_bias is None:
+            in_bias = jt.zeros((x.shape[1],), "float32")
+        header = (_GELU_HEADER + f"#define GELU_EPILOGUE {int(with_gelu)}\n"
                   f"#define HAS_ADDEND {int(addend is not None)}\n" + _DEPTHWISE_HEADER)
         inputs = [x, weight, bias, in_bias] + ([addend] if addend is not None else [])
         if with_gelu:
@@ -197,9 +199,9 @@ class _DepthwiseConv2d(jt.Function):
     def grad(self, grad_out):
         x, weight, in_bias, pre, has_addend = self.saved
         if pre is not None:
-            grad_out = jt.code(pre.shape, pre.dtype, [pre, grad_out],
-                               cpu_header=_FAST_EXP + _FAST_ERF, cpu_src=_GELU_GRAD)
-        header = (_FAST_EXP + _FAST_ERF + "#define GELU_EPILOGUE 0\n#define HAS_ADDEND 0\n"
+            grad_out = jt.code(pre.shape, pre.dtype, [pre, grad_out], cpu_header=_GELU_HEADER,
+                               cpu_src=_GELU_GRAD)
+        header = (_GELU_HEADER + "#define GELU_EPILOGUE 0\n#define HAS_ADDEND 0\n"
                   + _DEPTHWISE_HEADER)
         grad_x = jt.code(x.shape, x.dtype, [grad_out, weight], cpu_header=header,
                          cpu_src=_GRAD_INPUT)
@@ -229,13 +231,9 @@ def depthwise_conv2d(x, weight, bias, input_bias=None, gelu=False, addend=None):
     addend (N, C, H, W): added to the result (before GELU), e.g. a running branch sum.
     gelu: apply GELU to the result in the same pass.
     """
-    function = _DepthwiseConv2d()
-    function.input_bias_used = input_bias is not None
-    if input_bias is None:
-        input_bias = jt.zeros((x.shape[1],), "float32").stop_grad()
     if addend is None:
-        return function(x, weight, bias, input_bias, bool(gelu))
-    return function(x, weight, bias, input_bias, bool(gelu), addend)
+        return _DepthwiseConv2d.apply(x, weight, bias, input_bias, bool(gelu))
+    return _DepthwiseConv2d.apply(x, weight, bias, input_bias, bool(gelu), addend)
 
 
 # Bilinear resize as PyTorch's upsample_bilinear2d computes it on CPU (float math):
@@ -299,7 +297,6 @@ for (int p = 0; p < NC; p++) {
 """
 
 # dy (N, C, OH, OW) -> dx (N, C, H, W): every output pixel scatters its four weights.
-# in1 is the forward input, only for its shape.
 _RESIZE_GRAD = r"""
 const int NC = in0_shape0 * in0_shape1, OH = in0_shape2, OW = in0_shape3;
 const int H = out_shape2, W = out_shape3;
@@ -337,14 +334,14 @@ class _BilinearResize(jt.Function):
     """(N, C, H, W) -> (N, C, OH, OW), bilinear, with gradients."""
 
     def execute(self, x, size, align_corners):
-        self.saved = (x, align_corners)
+        self.saved = (x.shape, x.dtype, align_corners)  # the backward needs no values of x
         n, c = x.shape[:2]
         return jt.code((n, c, *size), x.dtype, [x], cpu_header=_resize_header(align_corners),
                        cpu_src=_RESIZE_FORWARD)
 
     def grad(self, grad_out):
-        x, align_corners = self.saved
-        return jt.code(x.shape, x.dtype, [grad_out, x], cpu_header=_resize_header(align_corners),
+        shape, dtype, align_corners = self.saved
+        return jt.code(shape, dtype, [grad_out], cpu_header=_resize_header(align_corners),
                        cpu_src=_RESIZE_GRAD), None, None
 
 
@@ -383,6 +380,8 @@ static inline float jseg_exp(float x) {
     return p * scale;
 }
 #define JSEG_BLOCK 64
+// a label that carries loss: not ignored and one of the C classes
+#define JSEG_COUNTS(y, C) ((y) != IGNORE_INDEX && (y) >= 0 && (y) < (C))
 // Jittor compiles kernels with -Ofast, which assumes no NaN or inf and may fold
 // x != x away; test the exponent bits instead.
 #include <limits>
@@ -423,7 +422,7 @@ for (int t = 0; t < B * blocks; t++) {
     }
     for (int i = 0; i < n; i++) {
         const int y = (int)in1_p[(size_t)b * HW + p0 + i];
-        if (y == IGNORE_INDEX || y < 0 || y >= C) continue;
+        if (!JSEG_COUNTS(y, C)) continue;
         total += (double)in2_p[y] * ((double)m[i] + std::log((double)s[i]) - x[(size_t)y * HW + i]);
     }
 }
@@ -447,8 +446,7 @@ for (int t = 0; t < B * blocks; t++) {
     for (int i = 0; i < n; i++) {
         m[i] = x[i]; s[i] = 0;
         y[i] = (int)in1_p[(size_t)b * HW + p0 + i];
-        const bool valid = y[i] != IGNORE_INDEX && y[i] >= 0 && y[i] < C;
-        f[i] = valid ? scale * in2_p[y[i]] : 0.f;
+        f[i] = JSEG_COUNTS(y[i], C) ? scale * in2_p[y[i]] : 0.f;
     }
     for (int c = 1; c < C; c++) {
         const in0_type* row = x + (size_t)c * HW;
@@ -467,8 +465,7 @@ for (int t = 0; t < B * blocks; t++) {
         for (int i = 0; i < n; i++) grow[i] = f[i] * jseg_exp(row[i] - m[i]);
     }
     for (int i = 0; i < n; i++)
-        if (y[i] != IGNORE_INDEX && y[i] >= 0 && y[i] < C)
-            g[(size_t)y[i] * HW + i] -= scale * in2_p[y[i]];
+        if (JSEG_COUNTS(y[i], C)) g[(size_t)y[i] * HW + i] -= scale * in2_p[y[i]];
 }
 """
 
@@ -544,7 +541,8 @@ def accuracy_counts(logits, label, ignore_index):
 
 
 # erf(x) as a rational function of x (Eigen's float erf, clamped to [-4, 4] where
-# erf is +-1 in float); a few ulp, and it vectorises, unlike std::erf.
+# erf is +-1 in float); a few ulp, and it vectorises, unlike std::erf. GELU and its
+# derivative on top; needs _FAST_EXP before it (see _GELU_HEADER).
 _FAST_ERF = r"""
 static inline float jseg_erf(float x) {
     x = std::min(std::max(x, -4.f), 4.f);
@@ -563,40 +561,42 @@ static inline float jseg_erf(float x) {
     q = q * x2 - 1.42647390514189e-02f;
     return x * p / q;
 }
+// gelu(x) = x / 2 * (1 + erf(x / sqrt 2)) (PyTorch's default, not the tanh form) and
+// d gelu / dx = (1 + erf(x / sqrt 2)) / 2 + x exp(-x^2 / 2) / sqrt(2 pi)
+static inline float jseg_gelu(float x) {
+    return 0.5f * x * (1.f + jseg_erf(x * 0.70710678118654752f));
+}
+static inline float jseg_gelu_grad(float x) {
+    return 0.5f * (1.f + jseg_erf(x * 0.70710678118654752f))
+        + x * 0.39894228040143268f * jseg_exp(-0.5f * x * x);
+}
 """
 
-# gelu(x) = x / 2 * (1 + erf(x / sqrt 2)), PyTorch's default (not the tanh form).
+_GELU_HEADER = _FAST_EXP + _FAST_ERF
+
+# x -> gelu(x)
 _GELU_FORWARD = r"""
 const size_t n = in0->num;
 #pragma omp parallel for simd schedule(static)
-for (size_t i = 0; i < n; i++) {
-    const float x = in0_p[i];
-    out_p[i] = 0.5f * x * (1.f + jseg_erf(x * 0.70710678118654752f));
-}
+for (size_t i = 0; i < n; i++) out_p[i] = jseg_gelu(in0_p[i]);
 """
 
-# d gelu / dx = (1 + erf(x / sqrt 2)) / 2 + x exp(-x^2 / 2) / sqrt(2 pi)
+# x, dy -> dy gelu'(x)
 _GELU_GRAD = r"""
 const size_t n = in0->num;
 #pragma omp parallel for simd schedule(static)
-for (size_t i = 0; i < n; i++) {
-    const float x = in0_p[i];
-    const float cdf = 0.5f * (1.f + jseg_erf(x * 0.70710678118654752f));
-    const float pdf = 0.39894228040143268f * jseg_exp(-0.5f * x * x);
-    out_p[i] = in1_p[i] * (cdf + x * pdf);
-}
+for (size_t i = 0; i < n; i++) out_p[i] = in1_p[i] * jseg_gelu_grad(in0_p[i]);
 """
 
 
 class _GELU(jt.Function):
     def execute(self, x):
         self.saved = x
-        return jt.code(x.shape, x.dtype, [x], cpu_header=_FAST_EXP + _FAST_ERF,
-                       cpu_src=_GELU_FORWARD)
+        return jt.code(x.shape, x.dtype, [x], cpu_header=_GELU_HEADER, cpu_src=_GELU_FORWARD)
 
     def grad(self, grad_out):
         return jt.code(self.saved.shape, self.saved.dtype, [self.saved, grad_out],
-                       cpu_header=_FAST_EXP + _FAST_ERF, cpu_src=_GELU_GRAD)
+                       cpu_header=_GELU_HEADER, cpu_src=_GELU_GRAD)
 
 
 def gelu(x):
@@ -645,9 +645,7 @@ class _AddChannelBias(jt.Function):
         return jt.code(x.shape, x.dtype, [x, bias], cpu_src=_BIAS_FORWARD)
 
     def grad(self, grad_out):
-        grad_bias = jt.code((grad_out.shape[1],), grad_out.dtype, [grad_out],
-                            cpu_header="#include <algorithm>", cpu_src=_BIAS_GRAD)
-        return grad_out, grad_bias
+        return grad_out, channel_sum(grad_out)
 
 
 def add_channel_bias(x, bias):
@@ -778,7 +776,8 @@ def _group_norm_header(eps):
 class _GroupNorm(jt.Function):
     def execute(self, x, weight, bias, groups, eps):
         n = x.shape[0]
-        y, mean, rstd = jt.code([x.shape, (n, groups), (n, groups)], [x.dtype, "float32", "float32"],
+        y, mean, rstd = jt.code([x.shape, (n, groups), (n, groups)],
+                                [x.dtype, "float32", "float32"],
                                 [x, weight, bias], cpu_header=_group_norm_header(eps),
                                 cpu_src=_GROUP_NORM_FORWARD)
         self.saved = (x, weight, mean, rstd, eps)
@@ -849,7 +848,6 @@ class _SlideMerge(jt.Function):
         b, c = windows[0].shape[:2]
         self.boxes, self.size = boxes, size
         box_var = jt.array(boxes, "int32").reshape((-1, 4))
-        self.count = None
         return jt.code((b, c, *size), "float32", [*windows, box_var],
                        cpu_header="#include <vector>\n#include <algorithm>",
                        cpu_src=_slide_merge_source(len(windows)))

@@ -22,8 +22,8 @@ from .kernels import (add_channel_bias, batched_weight_matmul, bilinear_resize, 
                       depthwise_supported, gelu, group_norm, group_norm_supported,
                       resize_supported)
 
-__all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "GELU", "GroupNorm", "resize", "normal_init_", "kaiming_normal_fan_out_",
-           "constant_init_"]
+__all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "GELU", "GroupNorm",
+           "resize", "normal_init_", "kaiming_normal_fan_out_", "constant_init_"]
 
 
 def normal_init_(module, std, mean=0.0, bias=0.0):

@@ -24,7 +24,8 @@ from jittor import nn
 
 from .fused import bias_gate, bias_gelu, fused_supported, scaled_residual
 from .kernels import depthwise_conv2d, depthwise_supported
-from .layers import GELU, BatchNorm2d, DepthwiseConv2d, PointwiseConv2d, constant_init_, normal_init_
+from .layers import (GELU, BatchNorm2d, DepthwiseConv2d, PointwiseConv2d, constant_init_,
+                     normal_init_)
 
 __all__ = ["StemConv", "OverlapPatchEmbed", "MSCAAttention", "MSCASpatialAttention", "Mlp",
            "MSCABlock", "MSCAN", "MSCAN_SETTINGS", "mscan_variant"]
@@ -134,16 +135,17 @@ class Mlp(nn.Module):
         self.fc2 = PointwiseConv2d(hidden_features, in_features)
         self.drop = nn.Dropout(drop, is_train=True) if drop > 0 else nn.Identity()
 
-    def execute(self, x):
+    def hidden(self, x):
+        """act(dwconv(fc1(x))); on CPU in one pass after fc1's matmul: its bias, the
+        depthwise conv and GELU (same arithmetic)."""
         if (fused_supported(x) and self.fc1.matmul_supported(x)
                 and depthwise_supported(self.dwconv, x)):
-            # one pass for fc1's bias, the depthwise conv and GELU (same arithmetic)
-            x = depthwise_conv2d(self.fc1.project(x), self.dwconv.weight, self.dwconv.bias,
-                                 input_bias=self.fc1.bias, gelu=True)
-        else:
-            x = self.act(self.dwconv(self.fc1(x)))
-        x = self.drop(x)
-        return self.drop(self.fc2(x))
+            return depthwise_conv2d(self.fc1.project(x), self.dwconv.weight, self.dwconv.bias,
+                                    input_bias=self.fc1.bias, gelu=True)
+        return self.act(self.dwconv(self.fc1(x)))
+
+    def execute(self, x):
+        return self.drop(self.fc2(self.drop(self.hidden(x))))
 
 
 class MSCABlock(nn.Module):
@@ -168,10 +170,9 @@ class MSCABlock(nn.Module):
         sgu = attn.spatial_gating_unit
         convs = [sgu.conv0] + [getattr(sgu, f"conv{i}_{j}") for i in range(sgu.num_branches)
                                for j in (1, 2)]
-        stochastic = [m for m in (mlp.drop,)
-                      if getattr(m, "is_train", False) and getattr(m, "p", 0) > 0]
-        return (fused_supported(x) and attn.proj_1.matmul_supported(x) and not stochastic
-                and all(depthwise_supported(c, x) for c in convs + [mlp.dwconv]))
+        dropout = getattr(mlp.drop, "is_train", False) and getattr(mlp.drop, "p", 0) > 0
+        return (fused_supported(x) and attn.proj_1.matmul_supported(x) and not dropout
+                and all(depthwise_supported(c, x) for c in convs))
 
     def _fused_execute(self, x):
         """The same block as `execute`, with each bias and element-wise step fused into the
@@ -189,8 +190,7 @@ class MSCABlock(nn.Module):
         gated = bias_gate(sgu.conv3.project(total), sgu.conv3.bias, u)
         x = scaled_residual(x, attn.proj_2.project(gated), attn.proj_2.bias,
                             self.layer_scale_1, normed, drop_path=self.drop_path)
-        hidden = depthwise_conv2d(mlp.fc1.project(self.norm2(x)), mlp.dwconv.weight,
-                                  mlp.dwconv.bias, input_bias=mlp.fc1.bias, gelu=True)
+        hidden = mlp.hidden(self.norm2(x))
         return scaled_residual(x, mlp.fc2.project(hidden), mlp.fc2.bias, self.layer_scale_2,
                                drop_path=self.drop_path)
 

@@ -32,9 +32,9 @@ request over a pipe, and rounds alternate: J T, T J, J T, ... (the order flips e
 so slow drifts of machine load hit both alike). torch and Jittor can share a process
 (jseg.utils.parity does), but a child gives each framework its own peak RSS and keeps their
 two OpenMP runtimes (the system's libgomp, torch's bundled one) in separate processes.
-For the same reason FIX_TORCH_ERROR=0 is set before Jittor starts: otherwise `import jittor`
-imports torch whenever it is installed. The ratio printed is Jittor's median time / torch's
-median time. CPU only: the parity extra installs torch's CPU build.
+For the same reason jseg starts Jittor with FIX_TORCH_ERROR=0 (`jseg.utils.env`): otherwise
+`import jittor` imports torch whenever it is installed. The ratio printed is Jittor's median
+time / torch's median time. CPU only: the parity extra installs torch's CPU build.
 
 Pipe protocol: the parent writes one JSON object per line to the child's stdin, the child
 answers one JSON line on its stdout (its other output goes to stderr):
@@ -485,9 +485,6 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
     state_dict = read_checkpoint(checkpoint)[0] if checkpoint is not None else None
     threads = default_threads() if threads is None else threads
     set_threads(threads)  # before Jittor starts, if it has not yet
-    # Jittor imports torch at start whenever torch is installed (its FIX_TORCH_ERROR
-    # work-around), which would put torch's memory into Jittor's peak RSS
-    os.environ.setdefault("FIX_TORCH_ERROR", "0")
     env = environment_report()  # imports Jittor; its "device" is the auto choice
     device = init_device(cfg["device"])
     if device == "cpu" and env["device"].startswith("GPU"):

@@ -21,8 +21,9 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from jseg.data.converters import (ConvertError, converter_parser, find_files, is_complete,  # noqa: E402
-                                  require_dir, run_cli, run_tasks, write_bytes, write_lines)
+from jseg.data.converters import (ConvertError, converter_parser, find_files,  # noqa: E402
+                                  is_complete, require_dir, run_cli, run_tasks,
+                                  write_bytes, write_lines)
 
 SPLITS = ("train", "val", "test")
 POLYGONS = "_gtFine_polygons.json"

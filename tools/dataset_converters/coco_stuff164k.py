@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jseg.data.converters import (ConvertError, converter_parser, id_lut, is_complete, require_dir,  # noqa: E402
-                                  run_cli, run_tasks, write_png)
+from jseg.data.converters import (ConvertError, converter_parser, id_lut, is_complete,  # noqa: E402
+                                  require_dir, run_cli, run_tasks, write_png)
 
 SPLITS = ("train2017", "val2017")
 OUT_SUFFIX = "_labelTrainIds.png"

@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
-from jseg.data.converters import (ConvertError, converter_parser, colours_to_ids, decode_image,  # noqa: E402
-                                  find_files, is_complete, require_dir, run_cli, run_tasks,
-                                  write_bytes, write_png)
+from jseg.data.converters import (ConvertError, converter_parser, colours_to_ids,  # noqa: E402
+                                  decode_image, find_files, is_complete, require_dir,
+                                  run_cli, run_tasks, write_bytes, write_png)
 from jseg.data.palettes import PALETTES  # noqa: E402
 
 SPLITS = ("train", "val")

@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
-from jseg.data.converters import (ConvertError, converter_parser, decode_coco_rle, is_complete,  # noqa: E402
-                                  require_dir, require_file, run_cli, run_tasks, write_lines,
-                                  write_png)
+from jseg.data.converters import (ConvertError, converter_parser, decode_coco_rle,  # noqa: E402
+                                  is_complete, require_dir, require_file, run_cli,
+                                  run_tasks, write_lines, write_png)
 
 # Detail category ids of background (0) and the 59 classes, sorted; label = place in this list.
 CATEGORY_IDS = (

@@ -28,9 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
-from jseg.data.converters import (ConvertError, converter_parser, find_files, is_complete,  # noqa: E402
-                                  require_dir, require_file, run_tasks, run_cli, write_lines,
-                                  write_png)
+from jseg.data.converters import (ConvertError, converter_parser, find_files,  # noqa: E402
+                                  is_complete, require_dir, require_file, run_tasks,
+                                  run_cli, write_lines, write_png)
 
 # Sizes of the lists for the full VOC 2012 + SBD release (mmseg asserts them).
 FULL_TRAINAUG = 10582
