@@ -5,11 +5,14 @@ file) names files to start from: bases are merged in order, then the file on
 top. Dicts merge key by key; lists and scalars replace.
 
 `SCHEMA` below is the single source of truth: every key a config may set, its
-type, its default and a one-line comment. `load_config` validates every file
-before merging (so an error names the file that has the typo), fills defaults,
-applies command-line overrides `KEY=VALUE` through the same checks, and returns
-a `Config` (a dict with attribute access). `dump_config` writes the resolved
-config; loading that file gives the same config back.
+type, its default, a one-line comment and, for numbers, the range allowed
+(`rule=at_least(1)`, applied to a value or to each entry of a list). `load_config`
+validates every file before merging (so an error names the file that has the
+typo), fills defaults, applies command-line overrides `KEY=VALUE` through the
+same checks, then checks the keys that must agree with each other (head widths
+against the backbone, class counts against the dataset, slide windows, the
+schedule) and returns a `Config` (a dict with attribute access). `dump_config`
+writes the resolved config; loading that file gives the same config back.
 
     cfg = load_config("configs/segnext/segnext_mscan-t_ade20k-512x512.yaml",
                       overrides=["train.max_iters=2000", "data.batch_size=8"])
@@ -17,13 +20,17 @@ config; loading that file gives the same config back.
 """
 import copy
 import difflib
+import json
+import math
 import os
 import re
 
 import yaml
 
-__all__ = ["ConfigError", "Config", "SCHEMA", "load_config", "dump_config",
-           "config_to_yaml", "describe_schema"]
+from .utils.atomic import atomic_write
+
+__all__ = ["ConfigError", "Config", "SCHEMA", "DATASET_NUM_CLASSES", "load_config",
+           "dump_config", "config_to_yaml", "describe_schema"]
 
 
 class ConfigError(ValueError):
@@ -91,6 +98,10 @@ class _NoneType(_Type):
         return value is None
 
 
+def _holds_list(t):
+    return isinstance(t, _ListOf) or (isinstance(t, _AnyOf) and any(map(_holds_list, t.types)))
+
+
 def _as_type(t):
     return t if isinstance(t, _Type) else _Scalar(t)
 
@@ -112,17 +123,59 @@ def AnyOf(*types):
 
 
 # ---------------------------------------------------------------------------
+# Range rules a number must follow (a scalar, or every entry of a list). Each has
+# `check(x) -> bool` and a text for messages and docs (">= 1", "in [0, 1)").
+
+class _Rule:
+    def __init__(self, text, test):
+        self.text = text
+        self.test = test
+
+    def check(self, x):
+        return _finite(x) and self.test(x)
+
+
+def _finite(x):
+    return isinstance(x, int) or math.isfinite(x)  # an int may be too large for a float
+
+
+def at_least(lo):
+    return _Rule(f">= {lo}", lambda x: x >= lo)
+
+
+def above(lo):
+    return _Rule(f"> {lo}", lambda x: x > lo)
+
+
+def between(lo, hi, ends="[]"):
+    """`ends` says which bounds are included: "[]", "[)", "(]" or "()"."""
+    low_ok = (lambda x: x >= lo) if ends[0] == "[" else (lambda x: x > lo)
+    high_ok = (lambda x: x <= hi) if ends[1] == "]" else (lambda x: x < hi)
+    return _Rule(f"in {ends[0]}{lo}, {hi}{ends[1]}", lambda x: low_ok(x) and high_ok(x))
+
+
+def _numbers(value):
+    """The numbers a rule applies to: the value itself or the entries of a list (None: none)."""
+    if value is None:
+        return []
+    return [v for v in value if v is not None] if isinstance(value, list) else [value]
+
+
+# ---------------------------------------------------------------------------
 # Schema nodes.
 
 class Field:
-    """A leaf: its type, default value and a one-line comment."""
+    """A leaf: its type, default value, a one-line comment and an optional range rule."""
 
-    def __init__(self, type_, default, doc):
+    def __init__(self, type_, default, doc, rule=None):
         self.type = _as_type(type_)
         self.default = default
         self.doc = doc
+        self.rule = rule
         if default is not None or not self.type.check(None):
             assert self.type.check(default), f"schema default {default!r} is not {self.type.name}"
+        assert rule is None or all(rule.check(v) for v in _numbers(default)), \
+            f"schema default {default!r} is not {rule.text}"
 
 
 class Section:
@@ -153,6 +206,14 @@ class MapOf:
 # The schema. Model keys mirror the constructor arguments of jseg.models.
 
 _PAIR = ListOf(int, 2)
+_STAGES = 4  # MSCAN has four stages
+_DROP_RATE = between(0, 1, "[)")  # 1 would drop everything
+
+# Class counts of the dataset kinds (`data.type`); "custom" takes len(data.classes).
+# The names are in jseg.data.palettes.CLASSES (config, the bottom layer, does not import
+# jseg.data; tests/test_config.py checks that the two agree).
+DATASET_NUM_CLASSES = {"ade20k": 150, "cityscapes": 19, "voc_aug": 21, "coco_stuff164k": 171,
+                       "pascal_context59": 59, "isaid": 16}
 
 SCHEMA = Section(
     "root",
@@ -165,12 +226,15 @@ SCHEMA = Section(
         backbone=Section(
             "MSCAN encoder",
             type=Field(Choice("MSCAN"), "MSCAN", "encoder class"),
-            in_channels=Field(int, 3, "input image channels"),
-            embed_dims=Field(ListOf(int, 4), [32, 64, 160, 256], "channels of the four stages"),
-            depths=Field(ListOf(int, 4), [3, 3, 5, 2], "blocks per stage"),
-            mlp_ratios=Field(ListOf(AnyOf(int, float), 4), [8, 8, 4, 4], "MLP hidden width / stage width"),
-            drop_rate=Field(float, 0.0, "dropout inside the MLPs"),
-            drop_path_rate=Field(float, 0.1, "stochastic depth at the last block (linear from 0)"),
+            in_channels=Field(int, 3, "input image channels", at_least(1)),
+            embed_dims=Field(ListOf(int, _STAGES), [32, 64, 160, 256],
+                             "channels of the four stages", at_least(1)),
+            depths=Field(ListOf(int, _STAGES), [3, 3, 5, 2], "blocks per stage", at_least(1)),
+            mlp_ratios=Field(ListOf(AnyOf(int, float), _STAGES), [8, 8, 4, 4],
+                             "MLP hidden width / stage width", above(0)),
+            drop_rate=Field(float, 0.0, "dropout inside the MLPs", _DROP_RATE),
+            drop_path_rate=Field(float, 0.1, "stochastic depth at the last block (linear from 0)",
+                                 _DROP_RATE),
             pretrained=Field(Optional(str), None,
                              "backbone weights converted by weights_convert (imagenet format); "
                              "loaded non-strictly into the backbone only"),
@@ -178,25 +242,35 @@ SCHEMA = Section(
         decode_head=Section(
             "LightHamHead decoder",
             type=Field(Choice("LightHamHead"), "LightHamHead", "decoder class"),
-            in_channels=Field(ListOf(int), [64, 160, 256], "channels of the selected stages"),
-            in_index=Field(ListOf(int), [1, 2, 3], "which backbone stages feed the head (0-based)"),
-            channels=Field(int, 256, "width after `align`, input of conv_seg"),
-            ham_channels=Field(int, 256, "width of squeeze and the Hamburger"),
-            num_classes=Field(int, 150, "number of classes (logit channels)"),
-            dropout_ratio=Field(float, 0.1, "channel-wise dropout before conv_seg"),
-            norm_groups=Field(int, 32, "GroupNorm groups in squeeze / ham_out / align"),
+            in_channels=Field(ListOf(int), [64, 160, 256],
+                              "channels of the selected stages: embed_dims[i] for i in in_index",
+                              at_least(1)),
+            in_index=Field(ListOf(int), [1, 2, 3], "which backbone stages feed the head (0-based)",
+                           between(0, _STAGES, "[)")),
+            channels=Field(int, 256, "width after `align`, input of conv_seg", at_least(1)),
+            ham_channels=Field(int, 256, "width of squeeze and the Hamburger", at_least(1)),
+            num_classes=Field(Optional(int), None,
+                              "number of classes (logit channels); null: the dataset's "
+                              "(len(data.classes), else the count of data.type)", at_least(1)),
+            dropout_ratio=Field(float, 0.1, "channel-wise dropout before conv_seg", _DROP_RATE),
+            norm_groups=Field(int, 32, "GroupNorm groups in squeeze / ham_out / align; divides "
+                                       "ham_channels and channels", at_least(1)),
             align_corners=Field(bool, False, "bilinear resize convention"),
-            ignore_index=Field(int, 255, "label value ignored by the loss and metrics"),
-            loss_weight=Field(float, 1.0, "weight of the cross-entropy loss"),
+            ignore_index=Field(int, 255, "label value ignored by the loss and metrics; "
+                                         "not a class id"),
+            loss_weight=Field(float, 1.0, "weight of the cross-entropy loss", at_least(0)),
             class_weight=Field(Optional(ListOf(float)), None,
-                               "per-class loss weights, length num_classes; null: all 1"),
+                               "per-class loss weights, length num_classes; null: all 1",
+                               at_least(0)),
             ham=Section(
                 "NMF2D matrix decomposition",
-                md_s=Field(int, 1, "number of groups S the channels are split into"),
-                md_r=Field(int, 16, "rank R of the factorisation"),
-                train_steps=Field(int, 6, "multiplicative-update steps in training"),
-                eval_steps=Field(int, 7, "multiplicative-update steps in evaluation"),
-                inv_t=Field(AnyOf(int, float), 100, "softmax temperature (upstream forces it to 1)"),
+                md_s=Field(int, 1, "number of groups S the channels are split into; divides "
+                                   "ham_channels", at_least(1)),
+                md_r=Field(int, 16, "rank R of the factorisation", at_least(1)),
+                train_steps=Field(int, 6, "multiplicative-update steps in training", at_least(1)),
+                eval_steps=Field(int, 7, "multiplicative-update steps in evaluation", at_least(1)),
+                inv_t=Field(AnyOf(int, float), 100, "softmax temperature (upstream forces it to 1)",
+                            above(0)),
                 rand_init=Field(bool, True, "fresh random bases every forward (upstream); "
                                             "false: one fixed basis"),
                 grad_mode=Field(Choice("full", "one_step"), "full",
@@ -207,17 +281,17 @@ SCHEMA = Section(
         test_cfg=Section(
             "inference",
             mode=Field(Choice("whole", "slide"), "whole", "whole image or sliding window"),
-            crop_size=Field(Optional(_PAIR), None, "slide window (h, w)"),
-            stride=Field(Optional(_PAIR), None, "slide step (h, w)"),
+            crop_size=Field(Optional(_PAIR), None, "slide window (h, w)", at_least(1)),
+            stride=Field(Optional(_PAIR), None, "slide step (h, w), at most crop_size",
+                         at_least(1)),
             tta_ratios=Field(ListOf(float), [0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
-                             "test-time augmentation scales (with --tta)"),
+                             "test-time augmentation scales (with --tta)", above(0)),
             tta_flip=Field(bool, True, "add horizontal flips in test-time augmentation"),
         ),
     ),
     data=Section(
         "dataset, augmentation and loading",
-        type=Field(Choice("ade20k", "cityscapes", "voc_aug", "coco_stuff164k",
-                          "pascal_context59", "isaid", "custom"), "ade20k", "dataset kind"),
+        type=Field(Choice(*DATASET_NUM_CLASSES, "custom"), "ade20k", "dataset kind"),
         data_root=Field(str, "data/ade/ADEChallengeData2016", "dataset folder"),
         classes=Field(Optional(ListOf(str)), None, "class names (custom); null: the dataset's own"),
         palette=Field(Optional(ListOf(ListOf(int, 3))), None, "RGB colour per class; null: the dataset's own"),
@@ -236,58 +310,70 @@ SCHEMA = Section(
         val=Section(
             "validation split",
             img_dir=Field(str, "images/validation", "images, relative to data_root"),
-            ann_dir=Field(str, "annotations/validation", "labels, relative to data_root"),
+            ann_dir=Field(Optional(str), "annotations/validation",
+                          "labels, relative to data_root; null: unlabelled images (e.g. a "
+                          "benchmark's test split): --task test writes predictions, no metrics"),
             split=Field(Optional(AnyOf(str, ListOf(str))), None,
                         "file(s) listing sample names; null: every image in img_dir"),
         ),
-        batch_size=Field(int, 16, "global training batch (split across MPI ranks)"),
-        num_workers=Field(int, 2, "data loading worker processes"),
+        batch_size=Field(int, 16, "global training batch (split across MPI ranks)", at_least(1)),
+        num_workers=Field(int, 2, "data loading worker processes", at_least(0)),
         on_bad_sample=Field(Choice("fail", "skip"), "fail", "a corrupt training sample stops the run or is skipped"),
-        img_scale=Field(_PAIR, [2048, 512], "training resize scale (long, short) before ratio_range"),
-        ratio_range=Field(ListOf(float, 2), [0.5, 2.0], "random rescale range"),
-        crop_size=Field(_PAIR, [512, 512], "training crop (h, w)"),
-        cat_max_ratio=Field(float, 0.75, "a crop may not be more than this share one class"),
-        flip_prob=Field(float, 0.5, "horizontal flip probability"),
+        img_scale=Field(_PAIR, [2048, 512],
+                        "training resize scale (long, short) before ratio_range", at_least(1)),
+        ratio_range=Field(ListOf(float, 2), [0.5, 2.0], "random rescale range [low, high]",
+                          above(0)),
+        crop_size=Field(_PAIR, [512, 512], "training crop (h, w)", at_least(1)),
+        cat_max_ratio=Field(float, 0.75, "a crop may not be more than this share one class",
+                            between(0, 1, "(]")),
+        flip_prob=Field(float, 0.5, "horizontal flip probability", between(0, 1)),
         photometric_distortion=Field(bool, True, "random brightness/contrast/saturation/hue"),
         mean=Field(ListOf(float, 3), [123.675, 116.28, 103.53], "RGB mean"),
-        std=Field(ListOf(float, 3), [58.395, 57.12, 57.375], "RGB std"),
+        std=Field(ListOf(float, 3), [58.395, 57.12, 57.375], "RGB std", above(0)),
         to_rgb=Field(bool, True, "convert the BGR image read by OpenCV to RGB"),
-        test_scale=Field(_PAIR, [2048, 512], "test resize scale (long, short)"),
+        test_scale=Field(_PAIR, [2048, 512], "test resize scale (long, short)", at_least(1)),
         test_keep_ratio=Field(bool, True, "keep aspect ratio when resizing for test"),
-        size_divisor=Field(Optional(int), 32, "make test inputs a multiple of this; null: no"),
+        size_divisor=Field(Optional(int), 32, "make test inputs a multiple of this; null: no",
+                           at_least(1)),
         size_divisor_mode=Field(Choice("pad", "resize"), "pad",
                                 "pad (mmseg 1.x) or resize (official / JSeg) to size_divisor"),
     ),
     optimizer=Section(
         "AdamW",
         type=Field(Choice("adamw"), "adamw", "optimizer"),
-        lr=Field(float, 6e-5, "base learning rate"),
-        betas=Field(ListOf(float, 2), [0.9, 0.999], "Adam betas"),
-        eps=Field(float, 1e-8, "Adam epsilon"),
-        weight_decay=Field(float, 0.01, "decoupled weight decay"),
+        lr=Field(float, 6e-5, "base learning rate", above(0)),
+        betas=Field(ListOf(float, 2), [0.9, 0.999], "Adam betas", between(0, 1, "[)")),
+        eps=Field(float, 1e-8, "Adam epsilon", above(0)),
+        weight_decay=Field(float, 0.01, "decoupled weight decay", at_least(0)),
         paramwise=MapOf(
             Section("multipliers for parameters whose name contains the key",
-                    lr_mult=Field(float, 1.0, "learning-rate multiplier"),
-                    decay_mult=Field(float, 1.0, "weight-decay multiplier")),
+                    lr_mult=Field(float, 1.0, "learning-rate multiplier", at_least(0)),
+                    decay_mult=Field(float, 1.0, "weight-decay multiplier", at_least(0))),
             {"pos_block": {"decay_mult": 0.0}, "norm": {"decay_mult": 0.0},
              "head": {"lr_mult": 10.0}},
             "name substring -> {lr_mult, decay_mult}; longest key wins"),
-        grad_clip=Field(Optional(float), None, "clip the gradient norm to this; null: no clipping"),
+        grad_clip=Field(Optional(float), None, "clip the gradient norm to this; null: no clipping",
+                        above(0)),
     ),
     scheduler=Section(
         "linear warm-up then poly decay, by iteration",
-        warmup_iters=Field(int, 1500, "warm-up length"),
-        warmup_ratio=Field(float, 1e-6, "lr factor at iteration 0"),
-        power=Field(float, 1.0, "poly exponent"),
-        min_lr=Field(float, 0.0, "lr at the end"),
+        warmup_iters=Field(int, 1500, "warm-up length, at most train.max_iters; 0: no warm-up",
+                           at_least(0)),
+        # (0, 1]: mmengine's LinearLR, which the warm-up follows, refuses factors above 1 and
+        # divides by zero at 0
+        warmup_ratio=Field(float, 1e-6, "lr factor at iteration 0", between(0, 1, "(]")),
+        power=Field(float, 1.0, "poly exponent", at_least(0)),
+        min_lr=Field(float, 0.0, "lr at the end, at most optimizer.lr", at_least(0)),
     ),
     train=Section(
         "training loop",
-        max_iters=Field(int, 160000, "training iterations"),
-        log_interval=Field(int, 50, "iterations between log lines"),
-        eval_interval=Field(int, 16000, "iterations between evaluations; 0: only at the end"),
-        checkpoint_interval=Field(int, 16000, "iterations between checkpoints"),
-        keep_checkpoints=Field(int, 3, "how many recent checkpoints to keep"),
+        max_iters=Field(int, 160000, "training iterations", at_least(1)),
+        log_interval=Field(int, 50, "iterations between log lines", at_least(1)),
+        eval_interval=Field(int, 16000, "iterations between evaluations; 0: only at the end",
+                            at_least(0)),
+        checkpoint_interval=Field(int, 16000, "iterations between checkpoints", at_least(1)),
+        keep_checkpoints=Field(int, 3, "how many recent checkpoints to keep; 0: keep every one",
+                               at_least(0)),
         amp=Field(bool, False, "mixed precision: fp16 compute, fp32 weights, dynamic loss "
                   "scaling (CUDA only; see jseg/engine/amp.py)"),
     ),
@@ -310,9 +396,16 @@ _Loader.add_implicit_resolver(
 def _read_yaml(path, origin):
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}{origin}")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_Loader)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}{origin} is not UTF-8 text: byte 0x{raw[e.start]:02x} at "
+                          f"position {e.start} (line {line}); save the file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -335,6 +428,12 @@ def _validate(node, value, dotted, source):
         if not node.type.check(value):
             raise ConfigError(f"wrong type for '{dotted}' in {source}: expected {node.type.name}, "
                               f"got {type(value).__name__} {value!r}")
+        numbers = _numbers(value) if node.rule else []
+        if not all(node.rule.check(v) for v in numbers):
+            finite = "" if all(map(_finite, numbers)) else "finite and "
+            each = "have each entry " if isinstance(value, list) else "be "
+            raise ConfigError(f"'{dotted}' in {source} must {each}{finite}{node.rule.text}, "
+                              f"got {value!r}")
         return
     if not isinstance(value, dict):
         raise ConfigError(f"'{dotted}' in {source} must be a mapping, got {type(value).__name__} {value!r}")
@@ -444,10 +543,133 @@ def _fill_defaults(node, value):
     return value
 
 
+def _cli(value):
+    """`value` as an override writes it: [64,160,256]."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _divisor_at_most(n, limit):
+    """The largest divisor of `n` that is <= `limit` (a value to suggest)."""
+    return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
+
+
+def _inconsistent(source, problem, fix):
+    """The error for keys that disagree: "<problem> in <source>; <fix>"."""
+    return ConfigError(f"{problem} in {source}; {fix}")
+
+
+def _resolve_num_classes(cfg, source):
+    """A null num_classes becomes the dataset's class count; a given one must equal it."""
+    data, head = cfg["data"], cfg["model"]["decode_head"]
+    if data["classes"]:
+        count, origin = len(data["classes"]), f"data.classes ({len(data['classes'])} names)"
+    elif data["type"] == "custom":
+        raise _inconsistent(
+            source, "data.type 'custom' needs data.classes",
+            "give one name per class, e.g. data.classes=[background,road,car]")
+    else:  # an empty list means "the dataset's own" to the data layer too
+        count, origin = DATASET_NUM_CLASSES[data["type"]], f"data.type '{data['type']}'"
+    if head["num_classes"] is None:
+        head["num_classes"] = count
+    elif head["num_classes"] != count:
+        raise _inconsistent(
+            source, f"model.decode_head.num_classes {head['num_classes']} does not match the "
+            f"{count} classes of {origin}", f"set model.decode_head.num_classes={count}")
+
+
+def _check_model(model, source):
+    """Head inputs against the backbone, head widths against each other, the slide windows."""
+    dims = model["backbone"]["embed_dims"]
+    head, test = model["decode_head"], model["test_cfg"]
+    index, in_channels, num_classes = head["in_index"], head["in_channels"], head["num_classes"]
+    if not index or len(set(index)) != len(index):
+        raise _inconsistent(
+            source, f"model.decode_head.in_index {index} must list one or more backbone stages, "
+            "each once", "e.g. model.decode_head.in_index=[1,2,3]")
+    expected = [dims[i] for i in index]
+    if in_channels != expected:
+        raise _inconsistent(
+            source, f"model.decode_head.in_channels {in_channels} does not match "
+            f"model.backbone.embed_dims {dims} at in_index {index} (expected {expected})",
+            f"set model.decode_head.in_channels={_cli(expected)}")
+    weights = head["class_weight"]
+    if weights is not None and len(weights) != num_classes:
+        raise _inconsistent(
+            source, f"model.decode_head.class_weight has {len(weights)} entries but "
+            f"model.decode_head.num_classes is {num_classes}",
+            "give one weight per class, or null for all 1")
+    groups = head["norm_groups"]
+    both = math.gcd(head["ham_channels"], head["channels"])
+    for key in ("ham_channels", "channels"):  # GroupNorm over ham_channels in squeeze and
+        if head[key] % groups:                # ham_out, over channels in align
+            raise _inconsistent(
+                source, f"model.decode_head.norm_groups {groups} does not divide "
+                f"model.decode_head.{key} {head[key]} (GroupNorm)",
+                "use a divisor of ham_channels and channels, e.g. "
+                f"model.decode_head.norm_groups={_divisor_at_most(both, groups)}")
+    md_s, ham_channels = head["ham"]["md_s"], head["ham_channels"]
+    if ham_channels % md_s:
+        raise _inconsistent(
+            source, f"model.decode_head.ham.md_s {md_s} does not divide "
+            f"model.decode_head.ham_channels {ham_channels} (NMF2D splits the channels into "
+            f"md_s groups)", f"use a divisor of {ham_channels}, e.g. "
+            f"model.decode_head.ham.md_s={_divisor_at_most(ham_channels, md_s)}")
+    if 0 <= head["ignore_index"] < num_classes:
+        raise _inconsistent(
+            source, f"model.decode_head.ignore_index {head['ignore_index']} is a class id "
+            f"(model.decode_head.num_classes is {num_classes})",
+            f"use a label value outside [0, {num_classes}), e.g. "
+            f"model.decode_head.ignore_index={max(255, num_classes)}")
+
+    crop, stride = test["crop_size"], test["stride"]
+    if test["mode"] == "slide" and (crop is None or stride is None):
+        raise _inconsistent(
+            source, "model.test_cfg.mode 'slide' needs model.test_cfg.crop_size and "
+            f"model.test_cfg.stride, got {crop} and {stride}",
+            "e.g. model.test_cfg.crop_size=[512,512] model.test_cfg.stride=[341,341]")
+    if test["mode"] == "slide" and any(s > c for s, c in zip(stride, crop)):
+        # mmseg asserts this too: pixels that no window covers would be 0 / 0 = NaN
+        fitting = [min(s, c) for s, c in zip(stride, crop)]
+        raise _inconsistent(
+            source, f"model.test_cfg.stride {stride} is larger than model.test_cfg.crop_size "
+            f"{crop}, so some pixels would be in no window", "use a stride <= the crop in each "
+            f"dimension, e.g. model.test_cfg.stride={_cli(fitting)}")
+
+
+def _check_data_and_schedule(cfg, source):
+    """Ranges given as two keys (or a [low, high] pair) are in order."""
+    low, high = cfg["data"]["ratio_range"]
+    if low > high:
+        raise _inconsistent(
+            source, f"data.ratio_range {[low, high]} has its low end above its high end",
+            f"give [low, high], e.g. data.ratio_range={_cli([high, low])}")
+    lr, min_lr = cfg["optimizer"]["lr"], cfg["scheduler"]["min_lr"]
+    if min_lr > lr:
+        raise _inconsistent(
+            source, f"scheduler.min_lr {min_lr} is above optimizer.lr {lr}, so the decay would "
+            "raise the learning rate", f"set scheduler.min_lr to at most {lr}, e.g. 0.0")
+    # equal is a run that only warms up (jseg.engine.optim runs the warm-up part alone; the
+    # test suite's tiny runs do this); a longer warm-up would never reach optimizer.lr
+    warmup, max_iters = cfg["scheduler"]["warmup_iters"], cfg["train"]["max_iters"]
+    if warmup > max_iters:
+        raise _inconsistent(
+            source, f"scheduler.warmup_iters {warmup} is longer than train.max_iters {max_iters}",
+            f"set scheduler.warmup_iters to at most {max_iters}, e.g. {max_iters // 10}")
+
+
+def _check_resolved(cfg, source):
+    """Checks that involve several keys, on the merged config with its defaults (fills a null
+    num_classes). A failure names every key involved, its value and the fix."""
+    _resolve_num_classes(cfg, source)
+    _check_model(cfg["model"], source)
+    _check_data_and_schedule(cfg, source)
+
+
 def load_config(path, overrides=()):
     """Load, merge, validate and complete a config; returns a `Config`.
 
     `overrides` are strings `KEY=VALUE` (dotted key, YAML value), applied last.
+    A null model.decode_head.num_classes becomes the dataset's class count.
     Raises ConfigError with the file, the dotted key and a hint on any mistake.
     """
     tree = _load_tree(str(path), [])
@@ -457,6 +679,7 @@ def load_config(path, overrides=()):
         tree = _merge(tree, patch)
     cfg = _fill_defaults(SCHEMA, tree)
     _validate(SCHEMA, cfg, "", str(path))
+    _check_resolved(cfg, f"{path} with its command-line overrides" if overrides else str(path))
     if cfg["name"] is None:
         cfg["name"] = os.path.splitext(os.path.basename(str(path)))[0]
     if cfg["work_dir"] is None:
@@ -471,25 +694,22 @@ def config_to_yaml(cfg):
 
 def dump_config(cfg, path):
     """Write the resolved config to `path` atomically; `load_config(path)` gives it back."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(config_to_yaml(cfg))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "w") as f:
+        f.write(config_to_yaml(cfg))
 
 
 def describe_schema(node=SCHEMA, prefix=""):
-    """Lines `dotted.key: type = default  # comment` for every field (for docs and --help)."""
+    """Lines `dotted.key: type (rule) = default  # comment` for every field (for docs and
+    --help); `(rule)` only where the field has a range rule, e.g. `(each >= 1)`."""
     lines = []
     for k, child in node.children.items():
         path = f"{prefix}{k}"
         if isinstance(child, Field):
-            lines.append(f"{path}: {child.type.name} = {child.default!r}  # {child.doc}")
+            rule = ""
+            if child.rule:
+                rule = f" ({'each ' if _holds_list(child.type) else ''}{child.rule.text})"
+            lines.append(f"{path}: {child.type.name}{rule} = {child.default!r}  # {child.doc}")
         elif isinstance(child, MapOf):
             lines.append(f"{path}: {{name: {{...}}}} = {child.default!r}  # {child.doc}")
             lines += describe_schema(child.item, f"{path}.<name>.")

@@ -35,8 +35,8 @@ def test_init_model_is_in_eval_mode_and_loads_strictly(model, tiny_weights):
     assert not model.is_training()
     from jseg.engine.checkpoint import WeightsMismatchError
     with pytest.raises(WeightsMismatchError, match="The file has 6 classes and the config 5"):
-        init_model(load_config(DEMO_CONFIG, TINY_OVERRIDES + ["model.decode_head.num_classes=5"]),
-                   tiny_weights)
+        five = ["model.decode_head.num_classes=5", "data.classes=[a,b,c,d,e]", "data.palette=null"]
+        init_model(load_config(DEMO_CONFIG, TINY_OVERRIDES + five), tiny_weights)
 
 
 def test_path_array_and_list_inputs_agree(model, demo_root):

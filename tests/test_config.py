@@ -1,13 +1,15 @@
-"""jseg.config: every shipped YAML validates, typos and bad types fail with a hint,
-_base_ inheritance merges as documented, overrides and dumps round-trip."""
+"""jseg.config: every shipped YAML validates, typos, bad types, out-of-range values and
+keys that disagree fail with a hint, _base_ inheritance merges as documented, overrides
+and dumps round-trip."""
 import glob
 import os
 import textwrap
 
 import pytest
 
-from jseg.config import (SCHEMA, Config, ConfigError, Field, MapOf, describe_schema,
-                         dump_config, load_config)
+from conftest import DEMO_CONFIG, TINY_OVERRIDES
+from jseg.config import (DATASET_NUM_CLASSES, SCHEMA, Config, ConfigError, Field, MapOf,
+                         describe_schema, dump_config, load_config)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -132,11 +134,12 @@ def test_base_inheritance_merges_dicts_and_replaces_lists(tmp_path):
     write(tmp_path / "base" / "a.yaml", """
         model:
           backbone: {depths: [1, 1, 1, 1], embed_dims: [8, 16, 32, 64]}
-          decode_head: {num_classes: 5}
+          decode_head: {num_classes: 5, in_channels: [16, 32, 64]}
+        data: {type: custom, classes: [a, b, c, d, e]}
         optimizer:
           paramwise: {head: {lr_mult: 10.0}}
         """)
-    write(tmp_path / "base" / "b.yaml", "train: {max_iters: 7}\n")
+    write(tmp_path / "base" / "b.yaml", "train: {max_iters: 7}\nscheduler: {warmup_iters: 0}\n")
     child = write(tmp_path / "child.yaml", """
         _base_: [base/a.yaml, base/b.yaml]
         model:
@@ -154,7 +157,7 @@ def test_base_inheritance_merges_dicts_and_replaces_lists(tmp_path):
 
 
 def test_later_base_wins(tmp_path):
-    write(tmp_path / "a.yaml", "train: {max_iters: 1}\n")
+    write(tmp_path / "a.yaml", "train: {max_iters: 1}\nscheduler: {warmup_iters: 0}\n")
     write(tmp_path / "b.yaml", "train: {max_iters: 2}\n")
     assert load_config(write(tmp_path / "c.yaml", "_base_: [a.yaml, b.yaml]\n")).train.max_iters == 2
 
@@ -186,7 +189,8 @@ def test_bad_yaml_and_non_mapping_are_errors(tmp_path):
 
 def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
     path = SEGNEXT_CONFIGS[0]
-    cfg = load_config(path, overrides=["train.max_iters=20", "model.backbone.depths=[1,1,1,1]",
+    cfg = load_config(path, overrides=["train.max_iters=20", "scheduler.warmup_iters=2",
+                                       "model.backbone.depths=[1,1,1,1]",
                                        "optimizer.lr=1e-4", "seed=3", "work_dir=/tmp/x",
                                        "optimizer.paramwise.head.lr_mult=5"])
     assert cfg.train.max_iters == 20 and cfg.model.backbone.depths == [1, 1, 1, 1]
@@ -221,3 +225,152 @@ def test_schema_documents_every_field():
     lines = describe_schema()
     assert len(lines) >= 60
     assert all("  # " in line and not line.endswith("# ") for line in lines)
+
+
+# ---------------------------------------------------------------------------
+# Range rules and keys that must agree: absurd values fail at load, in one line that names
+# the dotted key(s), instead of crashing (or going silently wrong) later.
+
+SLIDE_64 = ["model.test_cfg.mode=slide", "model.test_cfg.crop_size=[64,64]"]
+
+ABSURD = {  # case -> (overrides of the demo config, keys the message must name)
+    "batch_size_0": (["data.batch_size=0"], ["data.batch_size"]),
+    "batch_size_negative": (["data.batch_size=-2"], ["data.batch_size"]),
+    "num_classes_0": (["model.decode_head.num_classes=0"], ["model.decode_head.num_classes"]),
+    "log_interval_0": (["train.log_interval=0"], ["train.log_interval"]),
+    "checkpoint_interval_0": (["train.checkpoint_interval=0"], ["train.checkpoint_interval"]),
+    "slide_stride_0": (SLIDE_64 + ["model.test_cfg.stride=[0,32]"], ["model.test_cfg.stride"]),
+    "slide_stride_above_crop": (SLIDE_64 + ["model.test_cfg.stride=[96,32]"],
+                                ["model.test_cfg.stride", "model.test_cfg.crop_size"]),
+    "slide_without_windows": (["model.test_cfg.mode=slide"], ["model.test_cfg.crop_size"]),
+    "std_0": (["data.std=[58.4,0,57.4]"], ["data.std"]),
+    "crop_size_0": (["data.crop_size=[0,0]"], ["data.crop_size"]),
+    "ratio_range_negative": (["data.ratio_range=[-0.5,2.0]"], ["data.ratio_range"]),
+    "ratio_range_reversed": (["data.ratio_range=[2.0,0.5]"], ["data.ratio_range"]),
+    "in_index_out_of_range": (["model.decode_head.in_index=[1,2,4]"],
+                              ["model.decode_head.in_index"]),
+    "in_index_twice": (["model.decode_head.in_index=[1,1,3]"], ["model.decode_head.in_index"]),
+    "embed_dims_not_the_head": (["model.backbone.embed_dims=[8,16,32,64]"],
+                                ["model.backbone.embed_dims", "model.decode_head.in_channels"]),
+    "in_channels_too_few": (["model.decode_head.in_channels=[160,256]"],
+                            ["model.decode_head.in_channels", "model.backbone.embed_dims"]),
+    "class_weight_length": (["model.decode_head.class_weight=[1.0,2.0]"],
+                            ["model.decode_head.class_weight", "model.decode_head.num_classes"]),
+    "norm_groups_not_dividing": (["model.decode_head.norm_groups=7"],
+                                 ["model.decode_head.norm_groups",
+                                  "model.decode_head.ham_channels"]),
+    "md_s_not_dividing": (["model.decode_head.ham.md_s=3"],
+                          ["model.decode_head.ham.md_s", "model.decode_head.ham_channels"]),
+    "ignore_index_a_class": (["model.decode_head.ignore_index=2"],
+                             ["model.decode_head.ignore_index", "model.decode_head.num_classes"]),
+    "num_classes_below_dataset": (["model.decode_head.num_classes=5"],
+                                  ["model.decode_head.num_classes", "data.classes"]),
+    "num_classes_of_another_dataset": (["data.type=cityscapes", "data.classes=null"],
+                                       ["model.decode_head.num_classes", "data.type"]),
+    "custom_without_classes": (["data.classes=null"], ["data.classes"]),
+    "lr_negative": (["optimizer.lr=-1e-3"], ["optimizer.lr"]),
+    "lr_nan": (["optimizer.lr=.nan"], ["optimizer.lr"]),
+    "betas_1": (["optimizer.betas=[0.9,1.0]"], ["optimizer.betas"]),
+    "lr_mult_negative": (["optimizer.paramwise.head.lr_mult=-1"],
+                         ["optimizer.paramwise.head.lr_mult"]),
+    "min_lr_above_lr": (["scheduler.min_lr=0.1"], ["scheduler.min_lr", "optimizer.lr"]),
+    "max_iters_negative": (["train.max_iters=-1"], ["train.max_iters"]),
+    "warmup_longer_than_run": (["train.max_iters=10"],
+                               ["scheduler.warmup_iters", "train.max_iters"]),
+    "warmup_ratio_0": (["scheduler.warmup_ratio=0"], ["scheduler.warmup_ratio"]),
+    "md_r_0": (["model.decode_head.ham.md_r=0"], ["model.decode_head.ham.md_r"]),
+    "drop_path_rate_1": (["model.backbone.drop_path_rate=1.0"], ["model.backbone.drop_path_rate"]),
+    "flip_prob_above_1": (["data.flip_prob=1.5"], ["data.flip_prob"]),
+    "keep_checkpoints_negative": (["train.keep_checkpoints=-1"], ["train.keep_checkpoints"]),
+}
+
+
+@pytest.mark.parametrize("overrides,keys", list(ABSURD.values()), ids=list(ABSURD))
+def test_absurd_values_fail_at_load_naming_the_keys(overrides, keys):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO_CONFIG, overrides)
+    msg = str(err.value)
+    missing = [k for k in keys if k not in msg]
+    assert not missing and "\n" not in msg, f"keys {missing} not named in one line: {msg}"
+
+
+def test_range_error_reads_as_documented(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO_CONFIG, ["data.batch_size=0"])
+    want = "'data.batch_size' in the command-line override 'data.batch_size=0' must be >= 1, got 0"
+    assert str(err.value) == want, f"{str(err.value)!r} != {want!r}"
+    path = write(tmp_path / "r.yaml", "data:\n  crop_size: [512, 0]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    want = f"'data.crop_size' in {path} must have each entry >= 1, got [512, 0]"
+    assert str(err.value) == want, f"{str(err.value)!r} != {want!r}"
+
+
+def test_mismatch_error_names_both_keys_and_the_fix():
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO_CONFIG, ["model.decode_head.in_channels=[64,160,512]"])
+    want = ("model.decode_head.in_channels [64, 160, 512] does not match model.backbone.embed_dims "
+            "[32, 64, 160, 256] at in_index [1, 2, 3] (expected [64, 160, 256]) in "
+            f"{DEMO_CONFIG} with its command-line overrides; "
+            "set model.decode_head.in_channels=[64,160,256]")
+    assert str(err.value) == want, f"{str(err.value)!r} != {want!r}"
+
+
+@pytest.mark.parametrize("extra", [[], ["train.max_iters=2"],
+                                   SLIDE_64 + ["model.test_cfg.stride=[64,64]"]],
+                         ids=["tiny", "warm-up-only run", "stride equal to the crop"])
+def test_edge_values_that_are_allowed(extra):
+    cfg = load_config(DEMO_CONFIG, TINY_OVERRIDES + extra)  # the test suite's tiny model too
+    warmup, max_iters = cfg.scheduler.warmup_iters, cfg.train.max_iters
+    assert warmup <= max_iters, f"warmup_iters {warmup} > max_iters {max_iters}"
+
+
+@pytest.mark.parametrize("kind", sorted(DATASET_NUM_CLASSES))
+def test_num_classes_defaults_to_the_datasets(kind):
+    base = {"cityscapes": "cityscapes_1024x1024"}.get(kind, kind)
+    cfg = load_config(os.path.join(ROOT, "configs", "_base_", "datasets", f"{base}.yaml"))
+    got, want = cfg.model.decode_head.num_classes, DATASET_NUM_CLASSES[kind]
+    assert (cfg.data.type, got) == (kind, want), f"{kind}: num_classes {got} != {want}"
+
+
+def test_class_count_table_agrees_with_the_data_layer():
+    from jseg.data.palettes import CLASSES
+    got = {kind: len(names) for kind, names in CLASSES.items()}
+    assert got == DATASET_NUM_CLASSES, f"jseg.data {got} != jseg.config {DATASET_NUM_CLASSES}"
+    choices = SCHEMA.children["data"].children["type"].type.choices
+    assert set(choices) == set(DATASET_NUM_CLASSES) | {"custom"}, choices
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path):
+    path = tmp_path / "utf16.yaml"
+    path.write_bytes(b"\xff\xfed\x00a\x00t\x00a\x00:\x00")  # UTF-16 with its byte-order mark
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    want = f"{path} is not UTF-8 text: byte 0xff at position 0 (line 1); save the file as UTF-8"
+    assert str(err.value) == want, f"{str(err.value)!r} != {want!r}"
+    child = write(tmp_path / "child.yaml", "_base_: utf16.yaml\n")
+    with pytest.raises(ConfigError, match=r"utf16\.yaml \(the _base_ 'utf16.yaml' of "
+                                          r".*child\.yaml\) is not UTF-8 text"):
+        load_config(child)
+
+
+def test_schema_description_shows_the_rules():
+    lines = describe_schema()
+    for want in ("data.batch_size: int (>= 1) = 16  # ",
+                 "model.backbone.depths: list of int, length 4 (each >= 1) = [3, 3, 5, 2]  # ",
+                 "scheduler.warmup_ratio: float (in (0, 1]) = 1e-06  # "):
+        assert any(line.startswith(want) for line in lines), f"no line starts with {want!r}"
+
+
+def test_dump_writes_through_the_atomic_writer(tmp_path, monkeypatch):
+    import jseg.config
+    calls = []
+    real = jseg.config.atomic_write
+    monkeypatch.setattr(jseg.config, "atomic_write",
+                        lambda path, mode: calls.append((str(path), mode)) or real(path, mode))
+    cfg = load_config(DEMO_CONFIG)
+    dump_config(cfg, tmp_path / "sub" / "resolved.yaml")
+    want = [(str(tmp_path / "sub" / "resolved.yaml"), "w")]
+    assert calls == want, f"{calls} != {want}"
+    assert load_config(tmp_path / "sub" / "resolved.yaml") == cfg
+    assert os.listdir(tmp_path / "sub") == ["resolved.yaml"], os.listdir(tmp_path / "sub")

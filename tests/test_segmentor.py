@@ -1,6 +1,7 @@
 """EncoderDecoder and the builder: losses, training gradients, whole / slide / TTA inference."""
 import copy
 import math
+import re
 
 import jseg  # noqa: F401  (configures Jittor before it is imported)
 import jittor as jt
@@ -246,6 +247,24 @@ def test_slide_windows_follow_mmseg():
 class _StubHead(nn.Module):
     num_classes = 3
     align_corners = False
+
+
+@pytest.mark.parametrize("crop_size,stride", [((6, 6), (8, 4)), ((6, 6), (4, 7)),
+                                              ((6, 6), (0, 4)), ((0, 6), (4, 4)),
+                                              ((6, 6), (-2, 4)), ((6, 6, 6), (4, 4))])
+def test_slide_settings_are_checked(crop_size, stride):
+    # a stride above the crop leaves pixels in no window: their average would be 0 / 0 = NaN
+    with pytest.raises(ValueError, match=r"0 < stride <= crop_size.*got crop_size "
+                                         + re.escape(f"{crop_size} and stride {stride}")):
+        EncoderDecoder(nn.Identity(), _StubHead(), test_mode="slide", crop_size=crop_size,
+                       stride=stride)
+    model = EncoderDecoder(nn.Identity(), _StubHead(), test_mode="slide", crop_size=(6, 6),
+                           stride=(6, 6))  # stride == crop: windows touch, fine
+    with pytest.raises(ValueError, match="0 < stride <= crop_size"):
+        model.slide_inference(jt.zeros((1, 3, 10, 10)), crop_size=crop_size, stride=stride)
+    if len(crop_size) == 2:
+        with pytest.raises(AssertionError, match="0 < stride <= crop_size per dimension"):
+            slide_windows(10, 10, crop_size, stride)
 
 
 def test_slide_accumulates_and_averages():

@@ -125,7 +125,8 @@ def test_bad_input_gives_one_line_and_exit_1(case, demo_root, straight_run, tmp_
         bad.write_bytes(open(weights, "rb").read()[:1000])
         args, needle = base + ["--task", "val", "--load-from", str(bad)], "bad.pkl"
     elif case == "class_mismatch":
-        args = base + ["--task", "val", "--load-from", weights, "model.decode_head.num_classes=5"]
+        args = base + ["--task", "val", "--load-from", weights, "model.decode_head.num_classes=5",
+                       "data.classes=[a,b,c,d,e]", "data.palette=null"]
         needle = "The file has 6 classes and the config 5"
     elif case == "resume_nothing":
         args = base + ["--task", "train", "--resume", "auto", "--work-dir", str(tmp_path)]

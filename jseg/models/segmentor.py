@@ -21,9 +21,13 @@ def slide_windows(height: int, width: int, crop_size, stride):
     mmseg's rule: h_grids = max(H - h_crop + h_stride - 1, 0) // h_stride + 1 (same for W);
     window (i, j) starts at (i * h_stride, j * w_stride), its end is clamped to the image and
     its start pulled back to end - crop (not below 0). Windows are listed row by row.
+    Needs 0 < stride <= crop_size per dimension (EncoderDecoder checks its settings).
     """
     h_crop, w_crop = crop_size
     h_stride, w_stride = stride
+    assert 0 < h_stride <= h_crop and 0 < w_stride <= w_crop, \
+        f"slide windows need 0 < stride <= crop_size per dimension, got crop_size " \
+        f"{tuple(crop_size)} and stride {tuple(stride)}"
     h_grids = max(height - h_crop + h_stride - 1, 0) // h_stride + 1
     w_grids = max(width - w_crop + w_stride - 1, 0) // w_stride + 1
     windows = []
@@ -33,6 +37,16 @@ def slide_windows(height: int, width: int, crop_size, stride):
             x2 = min(w_idx * w_stride + w_crop, width)
             windows.append((max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2))
     return windows
+
+
+def _check_slide_settings(crop_size, stride):
+    """ValueError unless crop_size and stride are (h, w) with 0 < stride <= crop_size in each
+    dimension: a larger stride leaves pixels in no window (their average is 0 / 0 = NaN)."""
+    pairs = len(crop_size) == 2 and len(stride) == 2
+    if not pairs or not all(0 < s <= c for s, c in zip(stride, crop_size)):
+        raise ValueError(f"slide inference needs (h, w) pairs with 0 < stride <= crop_size in "
+                         f"each dimension, got crop_size {tuple(crop_size)} and stride "
+                         f"{tuple(stride)}; e.g. crop_size=(1024, 1024), stride=(768, 768)")
 
 
 class EncoderDecoder(nn.Module):
@@ -57,6 +71,8 @@ class EncoderDecoder(nn.Module):
         if test_mode == "slide" and (crop_size is None or stride is None):
             raise ValueError("test_mode 'slide' needs crop_size and stride, e.g. "
                              f"crop_size=(1024, 1024), stride=(768, 768); got {crop_size}, {stride}")
+        if crop_size is not None and stride is not None:
+            _check_slide_settings(crop_size, stride)
         self.backbone = backbone
         self.decode_head = decode_head
         self.test_mode = test_mode
@@ -86,6 +102,7 @@ class EncoderDecoder(nn.Module):
         stride = stride or self.stride
         if crop_size is None or stride is None:
             raise ValueError("slide inference needs crop_size and stride (test_cfg)")
+        _check_slide_settings(crop_size, stride)
         B, _, H, W = img.shape
         boxes = slide_windows(H, W, crop_size, stride)
         windows = [self.encode_decode(img[:, :, y1:y2, x1:x2]) for y1, y2, x1, x2 in boxes]
