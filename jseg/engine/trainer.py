@@ -27,7 +27,7 @@ from .amp import DynamicLossScaler, amp_scope
 from .checkpoint import load_state_dict, read_checkpoint, write_checkpoint, find_checkpoints
 from .evaluator import evaluate
 from .metrics import format_table
-from .optim import build_optimizer, lr_at, set_lr
+from .optim import LrSchedule, build_optimizer, clip_grad_norm, initial_lrs, set_lr
 
 __all__ = ["TrainingError", "train", "iteration_seed"]
 
@@ -191,6 +191,9 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
             var.assign(var.mpi_broadcast(0))
         jt.sync_all()
     optimizer = build_optimizer(model, cfg.optimizer)
+    base_lr = cfg.optimizer.lr
+    # the first value is the base lr (lr_mult 1), logged; the others are the groups'
+    schedule = LrSchedule(cfg.scheduler, max_iters, [base_lr] + initial_lrs(optimizer, base_lr))
     if checkpoint is not None:
         _restore_optimizer(optimizer, checkpoint["optimizer"], resume)
     scaler = None
@@ -219,8 +222,9 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
             t0 = time.time()
             batch = next(batches)
             data_time = time.time() - t0
-            lr = lr_at(it, cfg.scheduler, max_iters, cfg.optimizer.lr)
-            set_lr(optimizer, lr)
+            lrs = schedule.values(it)
+            lr = lrs[0]
+            set_lr(optimizer, lrs[1:])
             jt.set_seed(iteration_seed(seed, it, rank))
             with amp_scope(scaler is not None):
                 losses = model(jt.array(batch["img"]), jt.array(batch["seg"]))
@@ -243,7 +247,7 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
                                "scale lowered to %g", it + 1, scaler.scale)
             else:
                 if cfg.optimizer.grad_clip is not None:
-                    optimizer.clip_grad_norm(cfg.optimizer.grad_clip)
+                    clip_grad_norm(optimizer, cfg.optimizer.grad_clip)
                 optimizer.step()
             done = it + 1
             bar.update(1)
