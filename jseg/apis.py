@@ -103,11 +103,12 @@ def show_result(img, result, palette=None, classes=None, opacity=0.5, out_file=N
 
     palette / classes default to `model.cfg`'s dataset when `model` is given. With legend,
     a strip listing the classes present (colour swatch + name) is added below the image.
-    out_file: also write it there (format from the suffix).
+    out_file: also write it there (format from the suffix), atomically: a failed write
+        raises OSError and leaves the old file or nothing.
     """
-    import cv2
     from .data.datasets import dataset_settings
     from .data.palettes import default_palette, overlay
+    from .utils.atomic import write_image
 
     pred = result["pred"] if isinstance(result, dict) else np.asarray(result)
     if model is not None:
@@ -124,8 +125,7 @@ def show_result(img, result, palette=None, classes=None, opacity=0.5, out_file=N
         drawn = _with_legend(drawn, pred, palette, classes)
     if out_file is not None:
         os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-        if not cv2.imwrite(out_file, drawn[:, :, ::-1]):
-            raise OSError(f"could not write {out_file} (unknown image suffix or unwritable folder)")
+        write_image(out_file, drawn[:, :, ::-1])
     return drawn
 
 

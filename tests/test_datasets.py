@@ -1,5 +1,7 @@
 """jseg.data.datasets: each benchmark reads a tiny tree in its real layout; bad data fails clearly."""
 import os
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -282,3 +284,73 @@ def test_empty_image_folder(tmp_path):
     (tmp_path / "annotations/training").mkdir(parents=True)
     with pytest.raises(DataError, match=r"no images ending with '.jpg'"):
         build_dataset(data_cfg("ade20k.yaml", tmp_path), "train")
+
+
+def test_symlinked_folders_are_followed_once(tmp_path, caplog):
+    # Real data in images/training/{a,b}; "b/loop" points back at an ancestor, "again" at a
+    # folder already scanned; "linked" and "a_deep" at data outside the tree (followed, as
+    # datasets often are), "linked_twice" a second time at it. "a_deep" is met first, so the
+    # walk of "linked" must not enter its real subfolder "deep" again.
+    outside = tmp_path / "elsewhere"
+    for rel, seed in [("a/0", 0), ("a/1", 1), ("b/2", 2)]:
+        write_img(tmp_path / "images/training" / f"{rel}.jpg", image(seed))
+    write_img(outside / "3.jpg", image(3))
+    write_img(outside / "deep/4.jpg", image(4))
+    img_dir = tmp_path / "images/training"
+    links = {"b/loop": img_dir, "again": img_dir / "a", "a_deep": outside / "deep",
+             "linked": outside, "linked_twice": outside}
+    for link, target in links.items():
+        (img_dir / link).symlink_to(target, target_is_directory=True)
+    with caplog.at_level("WARNING", logger="jseg"):
+        ds = SegDataset(str(tmp_path), "images/training", classes=("x", "y"))
+    names = [os.path.relpath(p, ds.img_dir) for p, _ in ds.samples]
+    assert names == ["a/0.jpg", "a/1.jpg", "a_deep/4.jpg", "b/2.jpg", "linked/3.jpg"], names
+    skipped = [r.getMessage() for r in caplog.records if "already scanned" in r.getMessage()]
+    assert len(skipped) == 4, skipped
+    for link, target in [("b/loop", img_dir), ("again", img_dir / "a"),
+                         ("linked_twice", outside), ("linked/deep", outside / "deep")]:
+        assert any(f"{img_dir / link} -> {target}:" in m for m in skipped), (link, skipped)
+
+
+def test_symlink_loop_in_images_and_labels_keeps_pairs(tmp_path):
+    cfg = ade_tree(tmp_path, 2)
+    for sub in ("images/training", "annotations/training"):
+        (tmp_path / sub / "loop").symlink_to(tmp_path / sub, target_is_directory=True)
+    ds = build_dataset(cfg, "train")
+    assert len(ds) == 2, [p for p, _ in ds.samples][:5]
+
+
+def header_only(kind, width, height):
+    """An image file that declares width x height; Pillow and OpenCV refuse to write 0 pixels."""
+    if kind == "png":
+        def chunk(tag, data):
+            return (struct.pack(">I", len(data)) + tag + data
+                    + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+        header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    if kind == "bmp":
+        info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+        return b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + info
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    jpeg = bytearray(jpeg.tobytes())
+    sof = jpeg.find(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(jpeg)
+
+
+@pytest.mark.parametrize("kind, width, height", [("png", 0, 0), ("png", 0, 7), ("png", 7, 0),
+                                                 ("bmp", 0, 0), ("jpg", 0, 0), ("jpg", 7, 0)])
+def test_image_without_pixels(tmp_path, kind, width, height):
+    cfg = ade_tree(tmp_path, 2)
+    (tmp_path / "images/training/1.jpg").write_bytes(header_only(kind, width, height))
+    why = rf"image .*1.jpg has no pixels: .* {width}x{height} \(width x height\)"
+    with pytest.raises(DataError, match=why):
+        build_dataset(cfg, "train")[1]
+
+
+def test_one_row_image_reads(tmp_path):
+    cfg = ade_tree(tmp_path, 1)
+    write_img(tmp_path / "images/training/0.jpg", image(0, 1, 300))
+    write_label(tmp_path / "annotations/training/0.png", label([1], 1, 300))
+    assert build_dataset(cfg, "train")[0]["img"].shape == (1, 300, 3)

@@ -121,8 +121,8 @@ def test_test_pipeline_pad_and_resize_modes():
 
 
 def test_tta_views_and_restore():
-    img = np.zeros((60, 100, 3), np.uint8)
-    views = build_tta_pipelines(data_cfg(), [0.5, 1.0], flip=True)
+    img = np.zeros((60, 100, 3), np.uint8)  # fits in test_scale (128, 64): mmseg 1.x views
+    views = build_tta_pipelines(data_cfg(test_scale=[128, 64]), [0.5, 1.0], flip=True)
     metas = [v({"img": img}) for v in views]
     assert [m["flip"] for m in metas] == [False, True, False, True]
     assert [m["img_shape"] for m in metas] == [(30, 50), (30, 50), (60, 100), (60, 100)]
@@ -139,6 +139,69 @@ def test_tta_views_and_restore():
     assert back[1, :, 82:].min() == 1.0 and back[1, :, :78].max() == 0.0
     labels = restore_prediction(np.argmax(scores, 0).astype(np.uint8), meta, "nearest")
     assert labels.shape == (60, 100) and set(np.unique(labels)) == {0, 1}
+
+
+RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def test_tta_views_of_images_within_test_scale_are_mmseg_1x():
+    # 375x500 fits in (2048, 512): each view is the image times the ratio, as without a cap.
+    cfg = data_cfg(test_scale=[2048, 512], size_divisor=None)
+    img = np.zeros((375, 500, 3), np.uint8)
+    got = [v({"img": img})["img_shape"] for v in build_tta_pipelines(cfg, RATIOS, flip=False)]
+    plain = [Resize(scale_factor=r)({"img": img})["img_shape"] for r in RATIOS]
+    assert got == plain == [(188, 250), (281, 375), (375, 500), (469, 625), (563, 750),
+                            (656, 875)], (got, plain)
+
+
+@pytest.mark.parametrize("hw, expect", [
+    # square: the short edge binds, int(512 * r) for each ratio
+    ((2000, 2000), [(256, 256), (384, 384), (512, 512), (640, 640), (768, 768), (896, 896)]),
+    # 4:1: both edges bind at once, (int(2048 * r), int(512 * r)) exactly
+    ((1000, 4000), [(256, 1024), (384, 1536), (512, 2048), (640, 2560), (768, 3072),
+                    (896, 3584)]),
+    # long and thin: the long edge binds, 3000 -> int(2048 * r), 100 scaled alike (+0.5 rounding)
+    ((100, 3000), [(34, 1024), (51, 1536), (68, 2048), (85, 2560), (102, 3072), (119, 3584)]),
+])
+def test_tta_views_of_large_images_fit_in_test_scale_times_ratio(hw, expect):
+    # Without the cap a 2000x2000 image gave views up to 3500x3500 (memory ~ size squared).
+    cfg = data_cfg(test_scale=[2048, 512], size_divisor=None)
+    img = np.zeros(hw + (3,), np.uint8)
+    got = [v({"img": img})["img_shape"] for v in build_tta_pipelines(cfg, RATIOS, flip=False)]
+    assert got == expect, got
+    for (h, w), r in zip(got, RATIOS):
+        assert max(h, w) <= int(2048 * r) and min(h, w) <= int(512 * r), (h, w, r)
+    old = [v({"img": img})["img_shape"]
+           for v in build_tta_pipelines(cfg, RATIOS, flip=False, relative_to="test_scale")]
+    assert got == old, f"large images are viewed as mmseg 0.x does: {got} != {old}"
+
+
+def test_one_pixel_wide_or_high_images_keep_one_pixel():
+    # mmcv rounds 1 * 64/5000 + 0.5 down to 0 rows; we keep at least one pixel per side.
+    row, col = np.zeros((1, 5000, 3), np.uint8), np.zeros((5000, 1, 3), np.uint8)
+    assert rescale_size((5000, 1), (64, 48))[0] == (64, 1)
+    assert Resize((64, 48))({"img": row})["img"].shape == (1, 64, 3)
+    assert Resize((64, 48))({"img": col})["img"].shape == (64, 1, 3)
+    assert Resize(scale_factor=0.4)({"img": row[:, :300]})["img"].shape == (1, 120, 3)
+    out = RandomResize((64, 32), (0.5, 2.0))({"img": row, "seg": row[..., 0]},
+                                              np.random.default_rng(0))
+    assert out["img"].shape[0] == 1 and out["seg"].shape[0] == 1, out["img"].shape
+    tiny = RandomResize((1, 1), (0.5, 0.6), keep_ratio=False)({"img": row},
+                                                             np.random.default_rng(0))
+    assert tiny["img"].shape == (1, 1, 3), tiny["img"].shape
+    for view in build_tta_pipelines(data_cfg(), RATIOS):
+        meta = view({"img": row})
+        assert meta["img_shape"][0] == 1, meta["img_shape"]
+        back = restore_prediction(np.zeros((2,) + meta["img"].shape[:2], np.float32), meta)
+        assert back.shape == (2, 1, 5000), back.shape
+
+
+def test_image_without_pixels_is_refused():
+    for shape in [(0, 0, 3), (0, 7, 3), (7, 0, 3)]:
+        with pytest.raises(ValueError, match=rf"{shape[0]}x{shape[1]} image has no pixels"):
+            build_test_pipeline(data_cfg())({"img": np.zeros(shape, np.uint8)})
+        with pytest.raises(ValueError, match="has no pixels"):
+            build_tta_pipelines(data_cfg(), [1.0])[0]({"img": np.zeros(shape, np.uint8)})
 
 
 # ---------------------------------------------------------------------------
@@ -339,8 +402,12 @@ def test_against_mmcv_if_installed():
 
 
 def test_against_mmseg_if_installed():
-    mm = pytest.importorskip("mmseg.datasets.transforms",
-                             reason="mmsegmentation not installed: hand-computed values only")
+    from jseg.utils.parity import ReferenceUnavailable, import_reference
+    try:
+        import_reference()  # mmseg needs a stand-in for mmcv-lite's missing compiled ops
+    except ReferenceUnavailable as e:
+        pytest.skip(f"hand-computed values only: {e}")
+    import mmseg.datasets.transforms as mm
     rng = np.random.default_rng(0)
     for trial in range(50):
         h, w = rng.integers(20, 60, size=2)

@@ -8,7 +8,9 @@ examples:
 
 For each image IMG it writes OUT/IMG_overlay.jpg (colours over the image, with a legend of the
 classes found) and OUT/IMG.png (class ids), and prints the classes found and the time taken.
-A file that cannot be read is reported and skipped; the exit code is 1 if any image failed.
+A file that cannot be read (or has no pixels) is reported and skipped; the exit code is 1 if
+any image failed. Outputs are written atomically; a write that fails (a full disk) stops the
+run with exit code 1 and leaves the file it was writing as it was.
 """
 import os
 import sys
@@ -51,12 +53,12 @@ def main(argv=None):
         p.error(f"--opacity must lie in [0, 1], got {args.opacity}")
 
     from tqdm import tqdm
-    import cv2
     import numpy as np
     from jseg.apis import inference_model, init_model, show_result
     from jseg.config import ConfigError, load_config
     from jseg.data.datasets import DataError, dataset_settings
     from jseg.engine.checkpoint import WeightsMismatchError
+    from jseg.utils.atomic import write_image
     from jseg.utils.safe_pickle import CheckpointError
 
     try:
@@ -82,9 +84,13 @@ def main(argv=None):
             continue
         seconds = time.time() - start
         pred = result["pred"]
-        show_result(path, result, settings["palette"], settings["classes"], args.opacity,
-                    out_file=os.path.join(args.out_dir, f"{stem}_overlay.jpg"))
-        cv2.imwrite(os.path.join(args.out_dir, f"{stem}.png"), pred.astype(np.uint8))
+        try:
+            show_result(path, result, settings["palette"], settings["classes"], args.opacity,
+                        out_file=os.path.join(args.out_dir, f"{stem}_overlay.jpg"))
+            write_image(os.path.join(args.out_dir, f"{stem}.png"), pred.astype(np.uint8))
+        except OSError as e:  # the output folder, not this image: the next writes fail too
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            return 1
         ids, counts = np.unique(pred, return_counts=True)
         found = ", ".join(f"{settings['classes'][i]} {100 * n / pred.size:.0f}%"
                           for i, n in sorted(zip(ids, counts), key=lambda t: -t[1]))

@@ -18,9 +18,15 @@ Anything wrong with the files raises `DataError` naming the file and the
 problem: a missing folder or split file, unpaired images or labels, an
 unreadable or truncated file, a label of another size than its image, or
 label values outside [0, num_classes) other than the ignore index.
+
+Symlinked folders under img_dir / ann_dir are followed (datasets are often linked
+in), but no real folder is read twice: a link back to an ancestor (a loop) or a
+second link to a folder already scanned is skipped with a warning.
 """
 import io
+import logging
 import os
+import struct
 from dataclasses import dataclass
 
 import cv2
@@ -34,6 +40,8 @@ __all__ = ["DataError", "DatasetInfo", "DATASETS", "SegDataset", "build_dataset"
 
 IGNORE_INDEX = 255
 _SHOW = 5  # how many offending files an error lists
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -118,12 +126,41 @@ def _check_complete(data, path):
                             f"chunk ({len(data)} bytes); re-download or re-create the file")
 
 
+def _declared_size(data):
+    """(width, height) that a PNG, BMP or JPEG header declares, or None if not found.
+
+    (Not GIF: a 0x0 logical screen is a known encoder quirk that decoders accept.)
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        if data[14:18] == b"\x0c\0\0\0":  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+            return struct.unpack("<HH", data[18:22])
+        w, h = struct.unpack("<ii", data[18:26])
+        return w, abs(h)  # a negative height means top-down rows
+    if data[:2] == b"\xff\xd8":  # walk the segments to the frame header (SOF0..SOF15)
+        i = 2
+        while i + 9 <= len(data) and data[i] == 0xFF:
+            marker = data[i + 1]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                return w, h
+            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
 def read_image(path, to_rgb=True):
     """Decode an image file with OpenCV into (H, W, 3) uint8, RGB if `to_rgb` else BGR."""
     data = _read_bytes(path)
     if not data:
         raise DataError(f"empty image file {path}")
     _check_complete(data, path)
+    # OpenCV refuses a 0-pixel image like any undecodable file (and libpng prints warnings
+    # about it); its header tells them apart.
+    size = _declared_size(data)
+    if size is not None and min(size) <= 0:
+        raise DataError(f"image {path} has no pixels: its header declares {size[0]}x{size[1]} "
+                        f"(width x height); re-create the image or remove the file")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"cannot decode image {path}: not an image OpenCV can read "
@@ -173,17 +210,45 @@ def reduce_zero_label(seg):
 # Listing samples.
 
 def _scan(directory, suffix, exclude_suffix=None):
-    """Relative paths under `directory` ending with `suffix`, recursively, sorted."""
-    found = []
-    for root, dirs, files in os.walk(directory, followlinks=True):
-        dirs.sort()
-        rel_root = os.path.relpath(root, directory)
-        for name in files:
-            if not name.endswith(suffix):
-                continue
-            if exclude_suffix and name.endswith(exclude_suffix):
-                continue
-            found.append(os.path.normpath(os.path.join(rel_root, name)))
+    """Relative paths under `directory` ending with `suffix`, recursively, sorted.
+
+    Symlinked folders are followed, but each real folder (st_dev, st_ino) is entered
+    once: a link into a folder already scanned - a loop back to an ancestor, or a
+    second link to the same data - is skipped with a warning. The real folders of a
+    tree are walked before its links, so a link never hides the folder it points to.
+    """
+    found, scanned = [], {}  # scanned: (st_dev, st_ino) -> the path it was first met as
+
+    def first_visit(path):
+        try:
+            st = os.stat(path)
+        except OSError as e:  # os.walk skips unreadable folders silently; say so here
+            logger.warning("skipped %s: %s", path, e.strerror or e)
+            return False
+        first = scanned.setdefault((st.st_dev, st.st_ino), path)
+        if first != path:
+            logger.warning("skipped %s -> %s: that folder is already scanned as %s (a symlink "
+                           "loop or a second link to the same data)",
+                           path, os.path.realpath(path), first)
+        return first == path
+
+    pending = [(directory, ".")]  # folders to walk, with their path relative to `directory`
+    while pending:
+        top, rel_top = pending.pop(0)
+        if not first_visit(top):
+            continue
+        for root, dirs, files in os.walk(top):  # does not enter links: they are queued
+            rel_root = os.path.normpath(os.path.join(rel_top, os.path.relpath(root, top)))
+            links = sorted(d for d in dirs if os.path.islink(os.path.join(root, d)))
+            pending += [(os.path.join(root, d), os.path.join(rel_root, d)) for d in links]
+            dirs[:] = sorted(d for d in dirs
+                             if d not in links and first_visit(os.path.join(root, d)))
+            for name in files:
+                if not name.endswith(suffix):
+                    continue
+                if exclude_suffix and name.endswith(exclude_suffix):
+                    continue
+                found.append(os.path.normpath(os.path.join(rel_root, name)))
     return sorted(found)
 
 

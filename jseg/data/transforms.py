@@ -18,6 +18,9 @@ The numbers follow mmcv 2.x / mmsegmentation 1.x:
 - rescale (keep_ratio): factor = min(long_target / long_edge, short_target / short_edge),
   new size = (int(w * factor + 0.5), int(h * factor + 0.5)) (mmcv `rescale_size`);
 - RandomResize: ratio ~ U[r0, r1), target = (int(scale_w * ratio), int(scale_h * ratio));
+- one difference: every computed side is at least 1 pixel, where mmcv rounds a thin
+  image's side to 0 (1 row * 0.41 + 0.5 -> 0) and OpenCV then fails; an image
+  without pixels is refused with a ValueError;
 - RandomCrop: offsets uniform in [0, margin]; with cat_max_ratio < 1, up to 10
   re-draws until the crop holds > 1 class (ignore excluded) and none covers
   `cat_max_ratio` or more of it;
@@ -30,8 +33,9 @@ The numbers follow mmcv 2.x / mmsegmentation 1.x:
 
 Test-time inputs are made a multiple of `size_divisor` either by padding (mmseg
 1.x; predictions must be cropped back to `img_shape`) or by resizing (mmseg 0.x
-ResizeToMultiple, used by the official SegNeXt and JSeg). `restore_prediction`
-maps a score map back to the original image.
+ResizeToMultiple, used by the official SegNeXt and JSeg). Multi-scale test views
+scale the image by each ratio, but never beyond test_scale times the ratio (see
+`build_tta_pipelines`). `restore_prediction` maps a score map back to the original image.
 """
 import cv2
 import numpy as np
@@ -46,10 +50,10 @@ _INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
 
 
 def scale_size(size, factor):
-    """(w, h) scaled by a factor (or (fw, fh)), rounded half up as mmcv does."""
+    """(w, h) scaled by a factor (or (fw, fh)), rounded half up as mmcv does, at least 1."""
     fw, fh = (factor, factor) if np.isscalar(factor) else factor
     w, h = size
-    return int(w * float(fw) + 0.5), int(h * float(fh) + 0.5)
+    return max(1, int(w * float(fw) + 0.5)), max(1, int(h * float(fh) + 0.5))
 
 
 def rescale_size(size, scale):
@@ -75,6 +79,19 @@ def imresize(img, size, interpolation="bilinear"):
     if (w, h) == tuple(size):
         return img
     return cv2.resize(img, tuple(int(s) for s in size), interpolation=_INTERP[interpolation])
+
+
+def _image_hw(results):
+    """(h, w) of results["img"], which must have pixels to be resized."""
+    h, w = results["img"].shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"cannot resize: the {h}x{w} image has no pixels (height x width)")
+    return h, w
+
+
+def _fits(size, scale):
+    """Whether `size` = (w, h) lies within the keep-ratio bound `scale` = (long, short)."""
+    return max(size) <= max(scale) and min(size) <= min(scale)
 
 
 def _as_hw(size):
@@ -118,32 +135,49 @@ class Resize:
     `scale` is (w, h) or, with keep_ratio, the (long, short) bound; alternatively
     `scale_factor` multiplies the current size (keep_ratio rescales by the factor,
     as mmcv's Resize(scale_factor=..., keep_ratio=True) does for test-time scales).
+
+    `max_scale` (a (long, short) bound such as test_scale; only with a number
+    scale_factor and keep_ratio) caps a scale_factor resize: an image that fits
+    within max_scale is scaled by the factor as above (mmseg 1.x), a larger one is
+    resized keep-ratio into max_scale * scale_factor instead (mmseg 0.x's
+    MultiScaleFlipAug(img_scale=max_scale)). Why: without it the result grows with
+    the original image, and memory with the square of its size (a 5000x5000 photo
+    at factor 1.75 ran out of memory at 23 GB).
     """
 
     def __init__(self, scale=None, scale_factor=None, keep_ratio=True,
-                 interpolation="bilinear"):
+                 interpolation="bilinear", max_scale=None):
         if (scale is None) == (scale_factor is None):
             raise ValueError("give exactly one of scale and scale_factor")
+        if max_scale is not None and not (np.isscalar(scale_factor) and keep_ratio):
+            raise ValueError(f"max_scale {max_scale} caps a keep-ratio resize by a number "
+                             f"scale_factor; got scale_factor={scale_factor}, "
+                             f"keep_ratio={keep_ratio}")
         self.scale = tuple(scale) if scale is not None else None
         self.scale_factor = scale_factor
         self.keep_ratio = keep_ratio
         self.interpolation = interpolation
+        self.max_scale = tuple(max_scale) if max_scale is not None else None
 
     def target(self, h, w):
         """The (w, h) the image of size (h, w) is resized to."""
         scale = self.scale
-        if scale is None:  # mmcv: scale = size * factor, then (keep_ratio) rescale to fit it
+        if scale is None and self.max_scale is not None and not _fits((w, h), self.max_scale):
+            f = float(self.scale_factor)
+            scale = (int(self.max_scale[0] * f), int(self.max_scale[1] * f))
+        elif scale is None:  # mmcv: scale = size * factor, then (keep_ratio) rescale to fit it
             scale = scale_size((w, h), self.scale_factor)
         if self.keep_ratio:
             return rescale_size((w, h), scale)[0]
         return scale
 
     def __call__(self, results, rng=None):
-        return _resize(results, self.target(*results["img"].shape[:2]), self.interpolation)
+        return _resize(results, self.target(*_image_hw(results)), self.interpolation)
 
     def __repr__(self):
         what = f"scale={self.scale}" if self.scale else f"scale_factor={self.scale_factor}"
-        return f"Resize({what}, keep_ratio={self.keep_ratio})"
+        cap = f", max_scale={self.max_scale}" if self.max_scale else ""
+        return f"Resize({what}, keep_ratio={self.keep_ratio}{cap})"
 
 
 def _resize(results, size, interpolation="bilinear"):
@@ -178,11 +212,11 @@ class RandomResize:
             return self.scale
         lo, hi = self.ratio_range
         ratio = rng.random() * (hi - lo) + lo
-        return int(self.scale[0] * ratio), int(self.scale[1] * ratio)
+        return max(1, int(self.scale[0] * ratio)), max(1, int(self.scale[1] * ratio))
 
     def __call__(self, results, rng=None):
         scale = self.sample_scale(_need_rng(rng, "RandomResize"))
-        h, w = results["img"].shape[:2]
+        h, w = _image_hw(results)
         size = rescale_size((w, h), scale)[0] if self.keep_ratio else scale
         return _resize(results, size)
 
@@ -396,7 +430,7 @@ class ResizeToMultiple:
         self.interpolation = interpolation
 
     def __call__(self, results, rng=None):
-        h, w = results["img"].shape[:2]
+        h, w = _image_hw(results)
         d = self.size_divisor
         return _resize(results, (-(-w // d) * d, -(-h // d) * d), self.interpolation)
 
@@ -451,15 +485,21 @@ def build_tta_pipelines(data_cfg, ratios, flip=True, relative_to="image", normal
     """One test pipeline per (ratio, flip) view for multi-scale + flip testing.
 
     relative_to "image" (mmseg 1.x tta_pipeline): rescale the original image by each
-    ratio. "test_scale" (mmseg 0.x / official --aug-test): resize keep-ratio into
-    test_scale times each ratio. Views are ordered ratio-major, unflipped first.
+    ratio - but an image larger than test_scale is resized keep-ratio into test_scale
+    times the ratio instead, as mmseg 0.x does (Resize's max_scale). Why: the plain
+    test pipeline resizes into test_scale first, while uncapped views grow with the
+    photo (a 2000x2000 image gave 3500x3500 views) and memory with its square.
+    "test_scale" (mmseg 0.x / official --aug-test): resize keep-ratio into test_scale
+    times each ratio, whatever the image size. Views are ordered ratio-major,
+    unflipped first.
     """
     if relative_to not in ("image", "test_scale"):
         raise ValueError(f"relative_to must be 'image' or 'test_scale', got {relative_to!r}")
     views = []
     for r in ratios:
         if relative_to == "image":
-            resize = Resize(scale_factor=float(r), keep_ratio=True)
+            resize = Resize(scale_factor=float(r), keep_ratio=True,
+                            max_scale=data_cfg["test_scale"])
         else:
             w, h = data_cfg["test_scale"]
             resize = Resize((int(w * r), int(h * r)), keep_ratio=data_cfg["test_keep_ratio"])

@@ -7,6 +7,10 @@ Windows). If anything goes wrong - an exception in the block, a full disk, an
 interrupt - the temporary file is removed and whatever was at `path` is left
 untouched.
 
+`write_image(path, image)` writes an image that way: encoded in memory by
+OpenCV for the suffix of `path`, then written through `atomic_write`
+(`cv2.imwrite` writes in place and leaves an empty file on a full disk).
+
 `save_checkpoint_file(path, obj)` writes our checkpoint format through it: a
 pickle (protocol 4) of plain data and numpy arrays, followed by the SHA1 of the
 pickle and Jittor's magic `HCAJSLHD`, the layout `jt.save` writes, so the file
@@ -24,7 +28,7 @@ import numpy as np
 
 from .safe_pickle import JITTOR_MAGIC
 
-__all__ = ["atomic_write", "save_checkpoint_file"]
+__all__ = ["atomic_write", "save_checkpoint_file", "write_image"]
 
 
 def _open_temp(directory, name):
@@ -63,7 +67,10 @@ def atomic_write(path, mode="wb", encoding=None):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = _open_temp(directory, os.path.basename(path))
+    try:
+        fd, temp = _open_temp(directory, os.path.basename(path))
+    except OSError as e:  # a missing or read-only folder: name the file asked for
+        raise OSError(e.errno, f"cannot create a file in {directory}: {e.strerror}", path) from None
     try:
         if os.path.exists(path):
             with contextlib.suppress(OSError, AttributeError):
@@ -74,13 +81,46 @@ def atomic_write(path, mode="wb", encoding=None):
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as e:
         if fd is not None:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # a failed write (ENOSPC, EIO) names no file; say which one, and that it is unchanged
+            raise OSError(e.errno, f"{e.strerror} while writing it (the file is unchanged)",
+                          path) from None
         raise
     _fsync_directory(directory)
+
+
+def write_image(path, image):
+    """Write `image` (as OpenCV expects: BGR or grey, uint8) to `path` atomically.
+
+    The format follows the suffix of `path` (.png, .jpg, ...). The image is encoded
+    in memory first, so an unknown suffix or an image OpenCV cannot encode fails
+    before anything is written, and a failed write (a full disk) leaves the old
+    file or nothing, never an empty or partial one. Raises OSError naming `path`.
+    """
+    import cv2  # only images need OpenCV; checkpoint writers do not
+
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1]
+    image = np.asarray(image)
+    if not suffix or not cv2.haveImageWriter(path):
+        raise OSError(f"cannot write image {path}: OpenCV has no writer for the suffix "
+                      f"{suffix!r}; use .png (exact) or .jpg")
+    if image.size == 0:
+        raise OSError(f"cannot write image {path}: the {image.shape} image has no pixels")
+    try:
+        ok, encoded = cv2.imencode(suffix, image)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise OSError(f"cannot write image {path}: OpenCV cannot encode a {image.dtype} image "
+                      f"of shape {image.shape} as {suffix}")
+    with atomic_write(path) as f:
+        f.write(encoded.tobytes())
 
 
 _PLAIN_TYPES = (str, bytes, int, float, bool, complex, type(None), np.generic)
