@@ -246,3 +246,22 @@ def test_backbone_initialisation_is_non_strict_for_the_head_only(tmp_path):
     write_checkpoint(str(tmp_path / "bad.pkl"), {"state_dict": bad})
     with pytest.raises(WeightsMismatchError, match=r"norm4.weight: file \(3,\) vs model \(64,\)"):
         _load_backbone_init(model, str(tmp_path / "bad.pkl"))
+
+
+def test_unlabelled_split_predicts_without_metrics(demo_root, straight_run, tmp_path):
+    """data.val.ann_dir null (e.g. Cityscapes' test split for the evaluation server): --task
+    test writes every label map, --task val says it needs labels, training skips evaluation."""
+    weights = os.path.join(straight_run, "checkpoints", "iter_00000004.pkl")
+    common = ["--config-file", DEMO_CONFIG, "--load-from", weights, f"data.data_root={demo_root}",
+              *TINY, "data.val.ann_dir=null"]
+    out = run_net("--task", "test", "--save-dir", str(tmp_path / "pred"), *common)
+    assert "2 label maps written" in out.stdout, out.stdout
+    assert len([n for n in os.listdir(tmp_path / "pred") if n.endswith(".png")]) == 2
+    out = run_net("--task", "val", *common, expect=1)
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "needs label maps" in errors[0], out.stderr[-2000:]
+    run_net(*train_args(demo_root, tmp_path / "train", 2, "data.val.ann_dir=null",
+                        "train.eval_interval=1"))
+    with open(tmp_path / "train" / "metrics.jsonl") as f:
+        modes = [json.loads(line)["mode"] for line in f]
+    assert modes == ["train", "train"], modes

@@ -70,10 +70,10 @@ def _writer(cfg, save_dir, label_ids=False):
 
     label_ids (Cityscapes): the PNGs hold label ids instead of train ids.
     """
-    import cv2
     import numpy as np
     from jseg.apis import show_result
     from jseg.data.datasets import dataset_settings
+    from jseg.utils.atomic import write_image
 
     palette = dataset_settings(cfg.data)["palette"]
     os.makedirs(os.path.join(save_dir, "overlay"), exist_ok=True)
@@ -83,8 +83,7 @@ def _writer(cfg, save_dir, label_ids=False):
     def write(item, pred):
         stem = os.path.splitext(os.path.basename(item["img_path"]))[0]
         ids = lut[pred] if lut is not None else pred.astype(np.uint8)
-        if not cv2.imwrite(os.path.join(save_dir, f"{stem}.png"), ids):
-            raise OSError(f"could not write predictions for {item['img_path']} to {save_dir}")
+        write_image(os.path.join(save_dir, f"{stem}.png"), ids)  # atomic: never a partial PNG
         show_result(item["img_path"], {"pred": pred}, palette, legend=False,
                     out_file=os.path.join(save_dir, "overlay", f"{stem}.jpg"))
 
@@ -135,6 +134,10 @@ def run(args):
     from jseg.engine.checkpoint import load_weights
     from jseg.engine.trainer import run_evaluation
 
+    labelled = cfg.data.val.ann_dir is not None
+    if args.task == "val" and not labelled:
+        raise ConfigError("--task val computes metrics and needs label maps, but data.val.ann_dir "
+                          "is null; use --task test to write predictions for unlabelled images")
     weights = _weights_for_eval(args, cfg)
     model = build_model(cfg.model)
     load_weights(model, weights, strict=True)
@@ -154,7 +157,10 @@ def run(args):
                             on_prediction=on_prediction)
     if args.task == "test":
         logger.info("label maps and overlays written to %s", save_dir)
-    print(f"aAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}")
+    if result is None:
+        print(f"{len(loader)} label maps written to {save_dir} (no labels, no metrics)")
+    else:
+        print(f"aAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}")
     return 0
 
 
@@ -163,12 +169,13 @@ def main(argv=None):
     from jseg.data.datasets import DataError
     from jseg.engine.checkpoint import WeightsMismatchError
     from jseg.engine.trainer import TrainingError
+    from jseg.engine.workdir import WorkDirError
     from jseg.utils.safe_pickle import CheckpointError
 
     try:
         return run(args)
     except (ConfigError, DataError, WeightsMismatchError, CheckpointError, TrainingError,
-            OSError) as e:  # OSError: e.g. a full disk; earlier checkpoints stay intact
+            WorkDirError, OSError) as e:  # OSError: e.g. a full disk (writes are atomic)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

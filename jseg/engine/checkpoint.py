@@ -4,13 +4,14 @@ Jittor's own `Module.load_parameters` only logs unknown keys and shape
 mismatches; a checkpoint that does not fit must instead stop the user, so all
 loading goes through `load_state_dict` here.
 """
-import glob
 import os
+import re
 
 import numpy as np
 
 __all__ = ["WeightsMismatchError", "load_state_dict", "load_weights", "read_checkpoint",
-           "write_checkpoint", "find_checkpoints"]
+           "read_training_checkpoint", "write_checkpoint", "find_checkpoints", "checkpoint_name",
+           "checkpoint_iteration"]
 
 
 class WeightsMismatchError(ValueError):
@@ -60,12 +61,31 @@ def load_state_dict(model, state_dict, strict=True, source="the state dict"):
         raise WeightsMismatchError(_mismatch_message(missing if strict else [],
                                                      unexpected if strict else [],
                                                      misshaped, source))
+    _check_values({k: v for k, v in state_dict.items() if k in own}, source)
     import jittor as jt
     for key, value in state_dict.items():
         if key in own:
             var = own[key]
             var.update(jt.array(np.asarray(value).astype(str(var.dtype), copy=False)))
     return missing, unexpected
+
+
+def _check_values(arrays, source):
+    """Weights must be floating point and finite: a diverged run's NaNs, or integer or
+    text arrays where weights belong, would otherwise load silently."""
+    not_float = {k: np.asarray(v).dtype for k, v in arrays.items()
+                 if not np.issubdtype(np.asarray(v).dtype, np.floating)}
+    if not_float:
+        raise WeightsMismatchError(
+            f"weights in {source} are not usable: {len(not_float)} tensor(s) are not floating "
+            "point (" + ", ".join(f"{k}: {d}" for k, d in sorted(not_float.items())[:8])
+            + "); this is not a weights file of this model")
+    bad = [k for k, v in arrays.items() if not np.isfinite(v).all()]
+    if bad:
+        raise WeightsMismatchError(
+            f"weights in {source} are not usable: {len(bad)} of {len(arrays)} tensors hold NaN "
+            f"or infinite values ({_describe(bad)}); they come from a diverged run: use an "
+            "earlier checkpoint")
 
 
 def read_checkpoint(path, full=False):
@@ -81,6 +101,40 @@ def read_checkpoint(path, full=False):
     return state_dict, (obj if full else None)
 
 
+def read_training_checkpoint(path, model):
+    """Read a checkpoint to resume training of `model`: (state_dict, whole object).
+
+    Checks, before anything is loaded, that it is a training checkpoint (iteration, seed,
+    AdamW moments for every trainable parameter with the parameter's shape), not a weights
+    file (those go to --load-from); raises CheckpointError saying which.
+    """
+    from jseg.utils.safe_pickle import CheckpointError
+
+    state_dict, ckpt = read_checkpoint(path, full=True)
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    optim = ckpt.get("optimizer") if isinstance(ckpt, dict) else None
+    if not (isinstance(meta, dict) and isinstance(meta.get("iter"), int)
+            and isinstance(meta.get("seed"), int) and isinstance(optim, dict)
+            and isinstance(optim.get("n_step"), int)
+            and isinstance(optim.get("m"), dict) and isinstance(optim.get("v"), dict)):
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (it has no iteration, seed and optimizer "
+            "state; weights converted by weights_convert or saved by other tools hold weights "
+            "only): to start a new run from its weights, use --load-from instead of --resume")
+    own = model.state_dict()
+    for kind in ("m", "v"):
+        bad = {k: np.shape(v) for k, v in optim[kind].items()
+               if k not in own or tuple(np.shape(v)) != tuple(own[k].shape)}
+        if bad:
+            raise CheckpointError(
+                f"the optimizer state in {path} was written for another model: "
+                + ", ".join(f"{k}: {tuple(s)}" + (f" vs model {tuple(own[k].shape)}" if k in own
+                                                  else " (not in the model)")
+                            for k, s in sorted(bad.items())[:4])
+                + "; resume with the config it was trained with")
+    return state_dict, ckpt
+
+
 def write_checkpoint(path, obj):
     """Write `obj` (plain data and numpy arrays) atomically in our checkpoint format."""
     from jseg.utils.atomic import save_checkpoint_file
@@ -89,9 +143,27 @@ def write_checkpoint(path, obj):
     save_checkpoint_file(path, obj)
 
 
+_CHECKPOINT_NAME = re.compile(r"iter_(\d{8})\.pkl")
+
+
+def checkpoint_name(iteration):
+    """File name of the training checkpoint written after `iteration` iterations."""
+    return f"iter_{int(iteration):08d}.pkl"
+
+
+def checkpoint_iteration(path):
+    """The iteration in a training checkpoint's file name, or None for other names."""
+    match = _CHECKPOINT_NAME.fullmatch(os.path.basename(path))
+    return int(match.group(1)) if match else None
+
+
 def find_checkpoints(directory):
-    """Training checkpoints `iter_XXXXXXXX.pkl` in `directory`, oldest first."""
-    return sorted(glob.glob(os.path.join(directory, "iter_*.pkl")))
+    """Training checkpoints `iter_XXXXXXXX.pkl` in `directory`, oldest (lowest iteration) first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(directory, n) for n in names if _CHECKPOINT_NAME.fullmatch(n))
 
 
 def load_weights(model, path, strict=True):

@@ -46,11 +46,14 @@ def _softmax(scores):
     return e / e.sum(axis=0, keepdims=True)
 
 
-def evaluate(model, loader, num_classes, ignore_index=255, on_prediction=None, progress=True):
+def evaluate(model, loader, num_classes, ignore_index=255, on_prediction=None, progress=True,
+             labelled=True):
     """Run `model` over `loader`; returns (IoUAccumulator, seconds).
 
     on_prediction(item, pred) is called per image (e.g. to write PNGs). Under MPI each
     rank evaluates its share of the loader and the per-class areas are summed.
+    labelled=False (a split without label maps, e.g. a benchmark's test images): only
+    predictions, and (None, seconds) is returned.
     """
     was_training = model.is_training()
     model.eval()
@@ -59,13 +62,17 @@ def evaluate(model, loader, num_classes, ignore_index=255, on_prediction=None, p
     try:
         for item in tqdm(loader, desc="eval", unit="img", disable=not progress, leave=False):
             pred = predict_image(model, item["views"])
-            if item["seg"] is not None:
+            if labelled:
+                if item["seg"] is None:
+                    raise ValueError(f"{item['img_path']} has no label map in a labelled split")
                 acc.add(pred, item["seg"])
             if on_prediction is not None:
                 on_prediction(item, pred)
     finally:
         if was_training:
             model.train()
+    if not labelled:
+        return None, time.time() - start
     if jt.in_mpi:
         acc.areas = jt.array(acc.areas.astype(np.float64)).mpi_all_reduce("add").numpy() \
             .round().astype(np.int64)

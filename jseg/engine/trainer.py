@@ -7,14 +7,28 @@ iteration, rank) before every step. A checkpoint therefore only has to hold the
 weights, the AdamW moments, the step count, the iteration and the seed; training
 2N iterations in one run or N + resume + N gives the same numbers.
 
-Rank-0-only work (logs, checkpoints, the resolved config) is marked as such.
+A user's work is never lost or poisoned:
+- everything that can fail at the start (the work dir lock, the checkpoints already
+  there, the weights to resume or load, the data) is checked before the run writes
+  anything, so a failed start leaves the work dir as it was (see `jseg.engine.workdir`
+  for the lock and the rules that keep runs from overwriting each other's checkpoints);
+- a checkpoint is written only when every weight and AdamW moment is finite, so the
+  checkpoint a NaN stop names is one that can be resumed;
+- checkpoints are written atomically, and a failed write says which file and that the
+  earlier ones are intact.
+
+Rank-0-only work (the lock, logs, checkpoints, the resolved config) is marked as such.
 """
+import contextlib
 import json
 import logging
+import logging.handlers
 import math
 import os
 import resource
 import time
+import uuid
+from dataclasses import dataclass
 
 import jittor as jt
 import numpy as np
@@ -24,14 +38,18 @@ from jseg.config import config_to_yaml, dump_config
 from jseg.data.loader import build_train_loader, build_val_loader
 
 from .amp import DynamicLossScaler, amp_scope
-from .checkpoint import load_state_dict, read_checkpoint, write_checkpoint, find_checkpoints
+from .checkpoint import (checkpoint_iteration, find_checkpoints, load_state_dict,
+                         read_checkpoint, read_training_checkpoint, write_checkpoint)
 from .evaluator import evaluate
 from .metrics import format_table
 from .optim import LrSchedule, build_optimizer, clip_grad_norm, initial_lrs, set_lr
+from .workdir import CheckpointKeeper, WorkDir
 
-__all__ = ["TrainingError", "train", "iteration_seed"]
+__all__ = ["TrainingError", "train", "iteration_seed", "run_evaluation"]
 
 logger = logging.getLogger("jseg")
+
+HEARTBEAT_SECONDS = 30  # a progress line at least this often, whatever log_interval says
 
 
 class TrainingError(RuntimeError):
@@ -51,30 +69,76 @@ def _memory_mb():
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-class _RunLog:
-    """Human-readable log file + JSON-lines metrics in the work dir (rank 0 writes)."""
+def _duration(seconds):
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
-    def __init__(self, work_dir, enabled):
+
+class _LogFileHandler(logging.FileHandler):
+    """A log file that, on a full disk, warns once on the console instead of printing a
+    traceback per record."""
+
+    def handleError(self, record):
+        if not getattr(self, "_warned", False):
+            self._warned = True
+            logger.warning("cannot write the log file %s any more; the console keeps logging",
+                           self.baseFilename)
+
+
+class _RunLog:
+    """The run's text log and JSON-lines metrics in the work dir (rank 0 writes).
+
+    Until `open` the records logged since `__init__` are kept in memory: a start that
+    fails leaves no log file behind, and a start that succeeds has them in its log.
+    """
+
+    def __init__(self, enabled):
         self.enabled = enabled
-        self.jsonl = None
-        if not enabled:
+        self.handler = self.jsonl = None
+        self.buffer = logging.handlers.BufferingHandler(capacity=10 ** 6)
+        logger.addHandler(self.buffer)
+
+    def open(self, work_dir):
+        logger.removeHandler(self.buffer)
+        if not self.enabled:
             return
         stamp = time.strftime("%Y%m%d_%H%M%S")
-        self.handler = logging.FileHandler(os.path.join(work_dir, f"train_{stamp}.log"))
+        for n in range(1, 100):  # a name no other run has used
+            path = os.path.join(work_dir, f"train_{stamp}{'' if n == 1 else f'_{n}'}.log")
+            try:
+                open(path, "x").close()
+                break
+            except FileExistsError:
+                continue
+        self.handler = _LogFileHandler(path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        for record in self.buffer.buffer:
+            self.handler.handle(record)
         logger.addHandler(self.handler)
         self.jsonl = open(os.path.join(work_dir, "metrics.jsonl"), "a", encoding="utf-8")
 
     def record(self, **fields):
-        if self.enabled:
+        if self.jsonl is None:
+            return
+        try:
             self.jsonl.write(json.dumps(fields) + "\n")
             self.jsonl.flush()
+        except OSError as e:
+            logger.warning("cannot write %s any more (%s); metrics stay in the log only",
+                           self.jsonl.name, e.strerror or e)
+            with contextlib.suppress(OSError):
+                self.jsonl.close()
+            self.jsonl = None
 
     def close(self):
-        if self.enabled:
+        logger.removeHandler(self.buffer)
+        if self.handler is not None:
             logger.removeHandler(self.handler)
             self.handler.close()
-            self.jsonl.close()
+        if self.jsonl is not None:
+            with contextlib.suppress(OSError):
+                self.jsonl.close()
 
 
 def _load_backbone_init(model, path):
@@ -112,66 +176,108 @@ def _restore_optimizer(optimizer, state, source):
     optimizer.n_step = int(state["n_step"])
 
 
-def save_training_checkpoint(path, model, optimizer, iteration, seed, cfg, scaler=None):
+def _last_good(keeper):
+    if keeper is not None and keeper.newest is not None:
+        return f"the last good checkpoint is {keeper.newest}"
+    return "no checkpoint of this run was written yet"
+
+
+def save_training_checkpoint(path, model, optimizer, iteration, seed, cfg, scaler=None, *,
+                             run_id=None, lineage=None):
+    """Write a resumable checkpoint, only if every weight and AdamW moment is finite.
+
+    run_id / lineage: the run's identity and the checkpoint names its lineage keeps
+    (see `jseg.engine.workdir`). Raises TrainingError, writing nothing, on non-finite
+    values; OSError from the write (the earlier file at `path`, if any, is unchanged).
+    """
     from jseg import __version__
+
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    optim = _optimizer_state(optimizer)
+    arrays = [(k, a) for k, a in state.items()] + \
+        [(f"AdamW {kind} of {k}", a) for kind in ("m", "v") for k, a in optim[kind].items()]
+    bad = [k for k, a in arrays if not np.isfinite(a).all()]
+    if bad:
+        raise TrainingError(
+            f"{len(bad)} of {len(arrays)} weight and AdamW tensors are NaN or infinite after "
+            f"iteration {iteration} (e.g. {', '.join(bad[:3])}); the step diverged, and the "
+            f"checkpoint was not written")
     extra = {"amp": scaler.state_dict()} if scaler is not None else {}
     write_checkpoint(path, {
         **extra,
         "meta": {"iter": int(iteration), "seed": int(seed), "jseg_version": __version__,
-                 "config": config_to_yaml(cfg), "time": time.strftime("%Y-%m-%d %H:%M:%S")},
-        "state_dict": {k: v.numpy() for k, v in model.state_dict().items()},
-        "optimizer": _optimizer_state(optimizer),
+                 "config": config_to_yaml(cfg), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "run_id": run_id or uuid.uuid4().hex,
+                 "checkpoints": list(lineage or [os.path.basename(path)])},
+        "state_dict": state,
+        "optimizer": optim,
     })
 
 
-def _prune_checkpoints(ckpt_dir, keep):
-    for path in find_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
-        os.remove(path)
+@dataclass
+class _Start:
+    """Where a run starts: everything checked and loaded before anything is written."""
+    start_iter: int
+    seed: int
+    run_id: str
+    optimizer: object
+    schedule: LrSchedule
+    scaler: object
+    loader: object
+    keeper: object  # CheckpointKeeper on rank 0, None elsewhere
 
 
-def train(cfg, model, *, resume=None, load_from=None, seed=None, progress=True):
-    """Train `model` as `cfg` says; returns the last evaluation result (or None).
-
-    resume: a checkpoint path, "auto" (the newest in work_dir/checkpoints) or None.
-    load_from: weights to start from (strict), e.g. a converted segmentor checkpoint.
-    seed: overrides cfg.seed; None and None draws one (logged and checkpointed).
-    """
-    rank, world = (jt.rank, jt.world_size) if jt.in_mpi else (0, 1)
-    is_main = rank == 0
-    work_dir = cfg.work_dir
-    ckpt_dir = os.path.join(work_dir, "checkpoints")
-    if is_main:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        dump_config(cfg, os.path.join(work_dir, "config.yaml"))
-    run_log = _RunLog(work_dir, is_main)
-    try:
-        return _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress,
-                      rank, world, is_main)
-    finally:
-        run_log.close()
+def _resolve_resume(resume, work):
+    if resume != "auto":
+        return resume
+    found = find_checkpoints(work.ckpt_dir)
+    if not found:
+        raise TrainingError(f"--resume auto: no checkpoint in {work.ckpt_dir}; "
+                            "start without --resume")
+    return found[-1]
 
 
-def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, rank, world, is_main):
-    train_cfg = cfg.train
-    max_iters = train_cfg.max_iters
-    start_iter = 0
-    checkpoint = None
+def _lineage(resume, ckpt, work):
+    """Checkpoint names in this work dir that the resumed run's lineage wrote."""
+    if os.path.realpath(os.path.dirname(os.path.abspath(resume))) != \
+            os.path.realpath(work.ckpt_dir):
+        return []  # resumed from elsewhere: nothing here is ours
+    names = ckpt["meta"].get("checkpoints")
+    if names is None:  # written before lineages were recorded: the folder was the run's
+        k = ckpt["meta"]["iter"]
+        names = [os.path.basename(p) for p in work.checkpoints() if checkpoint_iteration(p) <= k]
+    return names
+
+
+def _prepare(cfg, model, work, resume, load_from, seed, is_main, world):
+    """Check and load everything the run needs; writes nothing (see the module docstring)."""
+    max_iters = cfg.train.max_iters
+    start_iter, checkpoint, owned, run_id = 0, None, [], None
     if resume is not None:
-        if resume == "auto":
-            found = find_checkpoints(ckpt_dir)
-            if not found:
-                raise TrainingError(f"--resume auto: no checkpoint in {ckpt_dir}; "
-                                    "start without --resume")
-            resume = found[-1]
-        state, checkpoint = read_checkpoint(resume, full=True)
+        if load_from is not None:
+            raise TrainingError("--resume continues a run with its own weights; --load-from "
+                                "cannot be used with it")
+        resume = _resolve_resume(resume, work)
+        state, checkpoint = read_training_checkpoint(resume, model)
+        start_iter = checkpoint["meta"]["iter"]
+        if start_iter >= max_iters:
+            raise TrainingError(
+                f"{resume} is at iteration {start_iter} and train.max_iters is {max_iters}: "
+                f"nothing to train; raise train.max_iters (e.g. train.max_iters="
+                f"{start_iter + max(max_iters, 1000)}) to go on")
+        if is_main:
+            work.check_resume(start_iter)
+            owned = _lineage(resume, checkpoint, work)
         load_state_dict(model, state, strict=True, source=resume)
-        start_iter = int(checkpoint["meta"]["iter"])
-        saved_seed = int(checkpoint["meta"]["seed"])
+        saved_seed = checkpoint["meta"]["seed"]
         if seed is not None and seed != saved_seed:
             logger.warning("--seed %d ignored: resuming the run seeded %d", seed, saved_seed)
         seed = saved_seed
+        run_id = checkpoint["meta"].get("run_id")
         logger.info("resumed from %s at iteration %d", resume, start_iter)
     else:
+        if is_main:
+            work.check_fresh_start()
         if cfg.model.backbone.pretrained:
             _load_backbone_init(model, cfg.model.backbone.pretrained)
         if load_from is not None:
@@ -191,13 +297,13 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
             var.assign(var.mpi_broadcast(0))
         jt.sync_all()
     optimizer = build_optimizer(model, cfg.optimizer)
+    if checkpoint is not None:
+        _restore_optimizer(optimizer, checkpoint["optimizer"], resume)
     base_lr = cfg.optimizer.lr
     # the first value is the base lr (lr_mult 1), logged; the others are the groups'
     schedule = LrSchedule(cfg.scheduler, max_iters, [base_lr] + initial_lrs(optimizer, base_lr))
-    if checkpoint is not None:
-        _restore_optimizer(optimizer, checkpoint["optimizer"], resume)
     scaler = None
-    if train_cfg.amp:
+    if cfg.train.amp:
         if not jt.flags.use_cuda:
             raise TrainingError("train.amp=true needs a CUDA GPU (Jittor computes in float16 "
                                 "only there); set train.amp=false to train in float32")
@@ -205,102 +311,181 @@ def _train(cfg, model, run_log, ckpt_dir, resume, load_from, seed, progress, ran
         if checkpoint is not None and "amp" in checkpoint:
             scaler.load_state_dict(checkpoint["amp"])
         logger.info("mixed precision on: fp16 compute, loss scale %g", scaler.scale)
-    loader = build_train_loader(cfg, seed=seed)
+    loader = build_train_loader(cfg, seed=seed)  # lists the dataset: bad data stops us here
+    keeper = CheckpointKeeper(work.ckpt_dir, cfg.train.keep_checkpoints, owned) if is_main \
+        else None
+    return _Start(start_iter, seed, run_id or uuid.uuid4().hex, optimizer, schedule, scaler,
+                  loader, keeper)
+
+
+def train(cfg, model, *, resume=None, load_from=None, seed=None, progress=True):
+    """Train `model` as `cfg` says; returns the last evaluation result (or None).
+
+    resume: a checkpoint path, "auto" (the newest in work_dir/checkpoints) or None.
+    load_from: weights to start from (strict), e.g. a converted segmentor checkpoint.
+    seed: overrides cfg.seed; None and None draws one (logged and checkpointed).
+    Raises TrainingError, WorkDirError (jseg.engine.workdir), CheckpointError,
+    WeightsMismatchError, DataError or OSError with a message for the user.
+    """
+    rank, world = (jt.rank, jt.world_size) if jt.in_mpi else (0, 1)
+    is_main = rank == 0
+    work = WorkDir(cfg.work_dir)
+    run_log = _RunLog(is_main)
+    try:
+        with work if is_main else contextlib.nullcontext():  # rank 0: one training per folder
+            if is_main:
+                work.remove_stale_temp_files()
+            start = _prepare(cfg, model, work, resume, load_from, seed, is_main, world)
+            if is_main:  # the start is sound: from here on the run writes
+                os.makedirs(work.ckpt_dir, exist_ok=True)
+                dump_config(cfg, os.path.join(work.path, "config.yaml"))
+            run_log.open(work.path)
+            try:
+                return _train(cfg, model, start, run_log, progress, rank, world, is_main)
+            finally:
+                start.loader.close()
+    finally:
+        run_log.close()
+
+
+def _step(model, optimizer, scaler, batch, grad_clip, world):
+    """One forward/backward/update; returns (losses, loss value). No update on a non-finite loss."""
+    with amp_scope(scaler is not None):
+        losses = model(jt.array(batch["img"]), jt.array(batch["seg"]))
+        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+        if scaler is None:
+            optimizer.backward(loss)
+        else:
+            scaler.backward(optimizer, loss)
+    if world > 1:
+        loss = loss.mpi_all_reduce("mean")
+    jt.sync_all()
+    loss_value = float(loss.item())
+    if not math.isfinite(loss_value):
+        return losses, loss_value
+    if scaler is not None and scaler.unscale(optimizer):
+        logger.warning("fp16 gradients overflowed; step skipped, loss scale lowered to %g",
+                       scaler.scale)
+        return losses, loss_value
+    if grad_clip is not None:
+        clip_grad_norm(optimizer, grad_clip)
+    optimizer.step()
+    return losses, loss_value
+
+
+def _train(cfg, model, s, run_log, progress, rank, world, is_main):
+    train_cfg = cfg.train
+    max_iters = train_cfg.max_iters
+    evaluate_at_all = cfg.data.val.get("ann_dir") is not None
+    if not evaluate_at_all:
+        logger.info("data.val has no labels (ann_dir null): no evaluation during training")
     val_loader = None
     last_eval = None
     model.train()
     logger.info("training %s for %d iterations (from %d), global batch %d on %d process(es), "
-                "seed %d", cfg.name, max_iters, start_iter, cfg.data.batch_size, world, seed)
-
-    bar = tqdm(total=max_iters, initial=start_iter, desc="train", unit="it",
+                "seed %d; the first iterations compile Jittor's kernels (minutes on a new "
+                "machine, cached afterwards)", cfg.name, max_iters, s.start_iter,
+                cfg.data.batch_size, world, s.seed)
+    bar = tqdm(total=max_iters, initial=s.start_iter, desc="train", unit="it",
                disable=not (progress and is_main), dynamic_ncols=True)
-    window = []
-    t_last = time.time()
+    window = []  # losses since the last log line
+    t_last = t_line = time.time()
     try:
-        batches = loader.iter_from(start_iter, max_iters - start_iter)
-        for it in range(start_iter, max_iters):
+        batches = s.loader.iter_from(s.start_iter, max_iters - s.start_iter)
+        for it in range(s.start_iter, max_iters):
             t0 = time.time()
             batch = next(batches)
             data_time = time.time() - t0
-            lrs = schedule.values(it)
-            lr = lrs[0]
-            set_lr(optimizer, lrs[1:])
-            jt.set_seed(iteration_seed(seed, it, rank))
-            with amp_scope(scaler is not None):
-                losses = model(jt.array(batch["img"]), jt.array(batch["seg"]))
-                loss = sum(v for k, v in losses.items() if k.startswith("loss"))
-                if scaler is None:
-                    optimizer.backward(loss)
-                else:
-                    scaler.backward(optimizer, loss)
-            if world > 1:
-                loss = loss.mpi_all_reduce("mean")
-            jt.sync_all()
-            loss_value = float(loss.item())
+            lrs = s.schedule.values(it)
+            set_lr(s.optimizer, lrs[1:])
+            jt.set_seed(iteration_seed(s.seed, it, rank))
+            losses, loss_value = _step(model, s.optimizer, s.scaler, batch,
+                                       cfg.optimizer.grad_clip, world)
             if not math.isfinite(loss_value):
                 raise TrainingError(
-                    f"the loss is {loss_value} at iteration {it + 1}; stopping. The last good "
-                    f"checkpoint in {ckpt_dir} is untouched: lower optimizer.lr, set "
-                    "optimizer.grad_clip, or check the data, then --resume from it")
-            if scaler is not None and scaler.unscale(optimizer):
-                logger.warning("iteration %d: fp16 gradients overflowed; step skipped, loss "
-                               "scale lowered to %g", it + 1, scaler.scale)
-            else:
-                if cfg.optimizer.grad_clip is not None:
-                    clip_grad_norm(optimizer, cfg.optimizer.grad_clip)
-                optimizer.step()
+                    f"the loss is {loss_value} at iteration {it + 1}; stopping. Checkpoints "
+                    f"are written only with finite weights and {_last_good(s.keeper)}: lower "
+                    "optimizer.lr, set optimizer.grad_clip, or check the data, then --resume "
+                    "from it")
             done = it + 1
             bar.update(1)
             window.append(loss_value)
+            now = time.time()
 
             if done % train_cfg.log_interval == 0 or done == max_iters:
                 values = {k: float(v.item()) for k, v in losses.items()}
                 if world > 1:
                     values = {k: float(jt.array(np.array([v])).mpi_all_reduce("mean").item())
                               for k, v in values.items()}
-                now = time.time()
-                record = {"mode": "train", "iter": done, "lr": lr, "loss": loss_value,
-                          "loss_avg": float(np.mean(window)), **values,
-                          "time": (now - t_last) / len(window), "data_time": data_time,
-                          "memory_mb": _memory_mb()}
-                t_last, window = now, []
+                seconds = (now - t_last) / len(window)
+                record = {"mode": "train", "iter": done, "lr": lrs[0], "loss": loss_value,
+                          "loss_avg": float(np.mean(window)), **values, "time": seconds,
+                          "data_time": data_time, "memory_mb": _memory_mb()}
+                t_last = t_line = now
+                window = []
                 run_log.record(**record)
                 logger.info("iter %d/%d lr %.3e loss %.4f (avg %.4f) %s time %.3fs data %.3fs "
-                            "mem %dMB", done, max_iters, lr, loss_value, record["loss_avg"],
+                            "mem %dMB eta %s", done, max_iters, lrs[0], loss_value,
+                            record["loss_avg"],
                             " ".join(f"{k} {v:.4f}" for k, v in values.items()),
-                            record["time"], data_time, record["memory_mb"])
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
+                            seconds, data_time, record["memory_mb"],
+                            _duration(seconds * (max_iters - done)))
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lrs[0]:.2e}")
+            elif now - t_line >= HEARTBEAT_SECONDS:  # slow iterations: still say where we are
+                seconds = (now - t_last) / len(window)
+                t_line = now
+                logger.info("iter %d/%d loss %.4f, %.2fs per iteration, eta %s", done,
+                            max_iters, loss_value, seconds, _duration(seconds * (max_iters - done)))
 
             if is_main and (done % train_cfg.checkpoint_interval == 0 or done == max_iters):
-                path = os.path.join(ckpt_dir, f"iter_{done:08d}.pkl")
-                save_training_checkpoint(path, model, optimizer, done, seed, cfg, scaler)
-                _prune_checkpoints(ckpt_dir, train_cfg.keep_checkpoints)
-                logger.info("checkpoint saved: %s", path)
+                _save(cfg, model, s, done)
 
             interval = train_cfg.eval_interval
-            if (interval > 0 and done % interval == 0) or done == max_iters:
+            if evaluate_at_all and ((interval > 0 and done % interval == 0) or done == max_iters):
                 if val_loader is None:
                     val_loader = build_val_loader(cfg, rank=rank, world_size=world)
                 last_eval = run_evaluation(cfg, model, val_loader, run_log, done, progress)
                 model.train()
+                t_line = time.time()
     except KeyboardInterrupt:
-        logger.error("interrupted; the newest complete checkpoint in %s can be resumed with "
-                     "--resume auto", ckpt_dir)
+        logger.error("interrupted; %s (continue with --resume auto)", _last_good(s.keeper))
         raise
     finally:
         bar.close()
-        loader.close()
     return last_eval
+
+
+def _save(cfg, model, s, done):
+    """Rank 0: write the checkpoint of iteration `done`, then prune the lineage's oldest."""
+    path = s.keeper.path(done)
+    try:
+        save_training_checkpoint(path, model, s.optimizer, done, s.seed, cfg, s.scaler,
+                                 run_id=s.run_id, lineage=s.keeper.lineage_after(path))
+    except TrainingError as e:
+        raise TrainingError(f"{e}; {_last_good(s.keeper)}: lower optimizer.lr or set "
+                            "optimizer.grad_clip, then --resume from it") from None
+    except OSError as e:
+        raise TrainingError(
+            f"could not write checkpoint {path} ({os.strerror(e.errno) if e.errno else e}); "
+            f"nothing was written there, the earlier checkpoints are intact and "
+            f"{_last_good(s.keeper)}: free some disk space, then --resume auto") from None
+    s.keeper.saved(path)
+    logger.info("checkpoint saved: %s", path)
 
 
 def run_evaluation(cfg, model, loader, run_log=None, iteration=None, progress=True,
                    on_prediction=None):
-    """Evaluate on `loader`, log the per-class table and the summary; returns the result dict."""
+    """Evaluate on `loader`, log the per-class table and the summary; returns the result dict,
+    or None when the split has no labels (predictions only, through `on_prediction`)."""
     from jseg.data.datasets import dataset_settings
 
     head = cfg.model.decode_head
+    labelled = cfg.data.val.get("ann_dir") is not None
     acc, seconds = evaluate(model, loader, head.num_classes, head.ignore_index,
-                            on_prediction=on_prediction, progress=progress)
+                            on_prediction=on_prediction, progress=progress, labelled=labelled)
+    if acc is None:
+        logger.info("predicted %d unlabelled images (%.1fs)", len(loader), seconds)
+        return None
     result = acc.compute()
     classes = dataset_settings(cfg.data)["classes"]
     logger.info("evaluation%s on %d images (%.1fs):\n%s",

@@ -7,6 +7,11 @@ Windows). If anything goes wrong - an exception in the block, a full disk, an
 interrupt - the temporary file is removed and whatever was at `path` is left
 untouched.
 
+A process killed mid-write leaves its temporary file (`.NAME.XXXXXXXX.tmp`);
+`stale_temp_files(directory)` finds them for removal by a process that knows no
+writer is active there (the trainer, holding the work dir's lock). The moments
+of a write can be killed on purpose for tests (`jseg.utils.failpoint`).
+
 `write_image(path, image)` writes an image that way: encoded in memory by
 OpenCV for the suffix of `path`, then written through `atomic_write`
 (`cv2.imwrite` writes in place and leaves an empty file on a full disk).
@@ -22,13 +27,18 @@ import contextlib
 import hashlib
 import os
 import pickle
+import re
 import secrets
 
 import numpy as np
 
+from .failpoint import failpoint
 from .safe_pickle import JITTOR_MAGIC
 
-__all__ = ["atomic_write", "save_checkpoint_file", "write_image"]
+__all__ = ["atomic_write", "save_checkpoint_file", "stale_temp_files", "write_image"]
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # what _open_temp names its files
 
 
 def _open_temp(directory, name):
@@ -80,6 +90,7 @@ def atomic_write(path, mode="wb", encoding=None):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        failpoint("before-rename", path)
         os.replace(temp, path)
     except BaseException as e:
         if fd is not None:
@@ -91,7 +102,21 @@ def atomic_write(path, mode="wb", encoding=None):
             raise OSError(e.errno, f"{e.strerror} while writing it (the file is unchanged)",
                           path) from None
         raise
+    failpoint("after-rename", path)
     _fsync_directory(directory)
+
+
+def stale_temp_files(directory):
+    """Temporary files `atomic_write` left in `directory` when its process was killed.
+
+    Only call this while no other process can be writing there (e.g. holding the
+    work dir's lock): a live writer's temporary file looks the same.
+    """
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(directory, n) for n in names if _TEMP_NAME.fullmatch(n))
 
 
 def write_image(path, image):
@@ -170,5 +195,7 @@ def save_checkpoint_file(path, obj):
     with atomic_write(path) as f:
         writer = _HashingWriter(f)
         pickle.dump(obj, writer, protocol=4)
+        f.flush()
+        failpoint("mid-write", path)  # the pickle is on disk, its checksum and magic are not
         f.write(writer.sha1.digest())
         f.write(JITTOR_MAGIC)
