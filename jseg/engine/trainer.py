@@ -19,6 +19,7 @@ A user's work is never lost or poisoned:
 
 Rank-0-only work (the lock, logs, checkpoints, the resolved config) is marked as such.
 """
+import collections
 import contextlib
 import json
 import logging
@@ -26,6 +27,7 @@ import logging.handlers
 import math
 import os
 import resource
+import statistics
 import time
 import uuid
 from dataclasses import dataclass
@@ -73,6 +75,14 @@ def _duration(seconds):
     seconds = int(round(seconds))
     h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _eta(durations, remaining):
+    """Time left from the median of the recent iterations' durations: the first ones,
+    which compile Jittor's kernels, would make a mean absurd."""
+    if len(durations) < 3:
+        return "unknown yet"
+    return _duration(statistics.median(durations) * remaining)
 
 
 class _LogFileHandler(logging.FileHandler):
@@ -389,7 +399,8 @@ def _train(cfg, model, s, run_log, progress, rank, world, is_main):
     bar = tqdm(total=max_iters, initial=s.start_iter, desc="train", unit="it",
                disable=not (progress and is_main), dynamic_ncols=True)
     window = []  # losses since the last log line
-    t_last = t_line = time.time()
+    durations = collections.deque(maxlen=20)  # seconds of the recent iterations, for the eta
+    t_last = t_line = t_end = time.time()
     try:
         batches = s.loader.iter_from(s.start_iter, max_iters - s.start_iter)
         for it in range(s.start_iter, max_iters):
@@ -411,6 +422,8 @@ def _train(cfg, model, s, run_log, progress, rank, world, is_main):
             bar.update(1)
             window.append(loss_value)
             now = time.time()
+            durations.append(now - t_end)
+            t_end = now
 
             if done % train_cfg.log_interval == 0 or done == max_iters:
                 values = {k: float(v.item()) for k, v in losses.items()}
@@ -429,13 +442,12 @@ def _train(cfg, model, s, run_log, progress, rank, world, is_main):
                             record["loss_avg"],
                             " ".join(f"{k} {v:.4f}" for k, v in values.items()),
                             seconds, data_time, record["memory_mb"],
-                            _duration(seconds * (max_iters - done)))
+                            _eta(durations, max_iters - done))
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lrs[0]:.2e}")
             elif now - t_line >= HEARTBEAT_SECONDS:  # slow iterations: still say where we are
-                seconds = (now - t_last) / len(window)
                 t_line = now
-                logger.info("iter %d/%d loss %.4f, %.2fs per iteration, eta %s", done,
-                            max_iters, loss_value, seconds, _duration(seconds * (max_iters - done)))
+                logger.info("iter %d/%d loss %.4f, last iteration %.2fs, eta %s", done,
+                            max_iters, loss_value, durations[-1], _eta(durations, max_iters - done))
 
             if is_main and (done % train_cfg.checkpoint_interval == 0 or done == max_iters):
                 _save(cfg, model, s, done)
@@ -446,7 +458,7 @@ def _train(cfg, model, s, run_log, progress, rank, world, is_main):
                     val_loader = build_val_loader(cfg, rank=rank, world_size=world)
                 last_eval = run_evaluation(cfg, model, val_loader, run_log, done, progress)
                 model.train()
-                t_line = time.time()
+                t_line = t_end = time.time()  # evaluation is not an iteration's time
     except KeyboardInterrupt:
         logger.error("interrupted; %s (continue with --resume auto)", _last_good(s.keeper))
         raise
