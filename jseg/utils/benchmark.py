@@ -430,6 +430,8 @@ def _torch_worker():
 
     try:
         from jseg.utils import parity
+        from jseg.utils.env import restore_openmp_defaults
+        restore_openmp_defaults()  # torch runs with its own OpenMP defaults
         ref = parity.import_reference()
         send(ready={"torch": ref.torch.__version__, "mmseg": ref.mmseg_version})
         bench = None
