@@ -31,9 +31,11 @@ TINY_FIXTURES = {"segnext_mmseg_tiny.pth": "mmseg", "segnext_official_tiny.pth":
                  "mscan_imagenet_tiny.pth": "imagenet", "segnext_jseg_tiny.pkl": "jseg"}
 TINY = dict(embed_dims=(2, 4, 6, 8), depths=(2, 1, 1, 1), mlp_ratios=(2, 2, 2, 2),
             head=dict(ham_channels=4, channels=4, num_classes=3))  # as in the fixture script
-HEADS = {"MSCAN-T": 256, "MSCAN-S": 256, "MSCAN-B": 512, "MSCAN-L": 1024}  # facts §1.1
+# decode_head.channels of mmseg 1.x's segnext_mscan-{t,s,b,l}_1x16_512x512_adamw_160k_ade20k
+HEADS = {"MSCAN-T": 256, "MSCAN-S": 256, "MSCAN-B": 512, "MSCAN-L": 1024}
 
-# facts sheet §1.8: entries in PyTorch layouts / ours, parameters, BN buffers, head (150)
+# counted from the layer shapes of mmseg 1.x's MSCAN + LightHamHead: state-dict entries in the
+# PyTorch layouts / ours, parameters, BN buffers, head parameters (150 classes)
 FACTS = {"MSCAN-T": (550, 519, 3_903_584, 7_456, 359_830),
          "MSCAN-S": (436, 411, 13_450_176, 12_864, 482_710),
          "MSCAN-B": (854, 807, 26_277_824, 25_920, 1_358_486),
@@ -72,7 +74,7 @@ def _source_layout(ours, fmt):
 
 
 # ---------------------------------------------------------------------------
-# Key tables against the facts sheet
+# Key tables against the counts from the layer shapes
 
 @pytest.mark.parametrize("variant", list(MSCAN_VARIANTS))
 def test_state_shapes_match_facts(variant):

@@ -1,6 +1,6 @@
 """Parameter and MAC counting (jseg.utils.flops) and tools/get_flops.py.
 
-MAC targets: the facts sheet's analytic table (conv + NMF matmuls, 7 eval steps). That table
+MAC targets: an analytic count from the layer shapes (conv + NMF matmuls, 7 eval steps). It
 uses the official md_r (16 for T/S, 64 for B/L) and, at 2048x1024, the 19 Cityscapes classes.
 The shipped configs follow mmseg 1.x, whose B/L configs inherit md_r = 16 from the T config:
 that makes B and L about 5% cheaper (32.69 G and 65.97 G at 512x512).
@@ -25,7 +25,7 @@ WIDTHS = {  # variant -> (embed_dims, depths, head in_channels, channels, offici
     "b": ([64, 128, 320, 512], [3, 3, 12, 3], [128, 320, 512], 512, 64),
     "l": ([64, 128, 320, 512], [3, 5, 27, 3], [128, 320, 512], 1024, 64),
 }
-# facts sheet §1.8: analytic GMACs at 512x512 (150 classes) and 2048x1024 (19 classes)
+# analytic GMACs at 512x512 (150 classes) and 2048x1024 (19 classes), from the layer shapes
 MACS_512 = {"t": 6.40, "s": 15.65, "b": 34.66, "l": 69.69}
 MACS_CITY = {"t": 50.1, "s": 124.1, "b": 274.9, "l": 552.7}
 PARAMS_150 = {"t": 4_263_414, "s": 13_932_886, "b": 27_636_310, "l": 48_926_550}
@@ -143,6 +143,6 @@ def test_count_parameters_excludes_running_statistics(models):
     model = models["t"]
     everything = sum(p.numel() for p in model.parameters())
     running = 2 * sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm))
-    assert running == 7456, f"BN running statistics {running} != 7456 (facts sheet)"
+    assert running == 7456, f"BN running statistics {running} != 7456 (MSCAN-T's BN layers)"
     assert count_parameters(model) == everything - running, \
         f"{count_parameters(model)} != {everything} - {running}"

@@ -9,10 +9,10 @@ import pytest
 from conftest import TOTAL_PARAMS
 from jseg.models.ham_head import LightHamHead, NMF2D
 
-# full-width heads (in_channels, channels = ham_channels), facts sheet §1.1
+# full-width heads (in_channels, channels = ham_channels) of mmseg 1.x's segnext_mscan-* configs
 HEAD_WIDTHS = {"t": ((64, 160, 256), 256), "s": ((128, 320, 512), 256),
                "b": ((128, 320, 512), 512), "l": ((128, 320, 512), 1024)}
-# facts §1.8: whole-model parameters minus the backbone = head parameters per class count
+# whole-model parameters (conftest) minus the backbone = head parameters per class count
 BACKBONE_PARAMS = {"t": 3_903_584, "s": 13_450_176, "b": 26_277_824, "l": 44_636_864}
 
 # the head of the tiny segmentor in test_segmentor.py (shared compiled kernels)
@@ -24,7 +24,7 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 # ---------------------------------------------------------------------------
-# numpy re-implementation of the algorithm (facts sheet §1.6)
+# numpy re-implementation of the algorithm (mmseg 1.x's NMF2D, after HamNet, arXiv 2109.04553)
 
 def numpy_nmf(x, bases, steps, eps=1e-6):
     """x (B, C, H, W) >= 0, bases (B*S, D, R) -> reconstruction (B, C, H, W) and final factors."""

@@ -22,9 +22,11 @@ TINY = dict(embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), mlp_ratios=(8, 8, 4
 TINY_RUN = dict(embed_dims=(16, 16, 16, 16), depths=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2),
                 drop_path_rate=0.0)
 
-# facts sheet §1.8: backbone-only parameters (no classifier), BN running stats excluded
+# backbone-only parameters (no classifier), BN running stats excluded, counted from the layer
+# shapes of mmseg 1.x's MSCAN (the paper's Table 2 sizes with the ImageNet classifier added)
 BACKBONE_PARAMS = {"t": 3_903_584, "s": 13_450_176, "b": 26_277_824, "l": 44_636_864}
-# Jittor state-dict entries of the segmentor (facts §1.8) minus the 13 head entries
+# Jittor state-dict entries of the segmentor (mmseg 1.x's keys without num_batches_tracked)
+# minus the 13 head entries
 BACKBONE_KEYS = {"t": 519 - 13, "s": 411 - 13, "b": 807 - 13, "l": 1419 - 13}
 
 

@@ -3,7 +3,7 @@
 Our layout is the mmsegmentation 1.x segmentor state dict (arXiv 2209.08575;
 keys `backbone.patch_embed1.proj.0.weight`, `backbone.block1.0.mlp.dwconv.weight`,
 `decode_head.conv_seg.weight`, ...) without `num_batches_tracked`, because Jittor's
-BatchNorm has no such buffer. The source layouts (facts sheet §2):
+BatchNorm has no such buffer. The source layouts:
 
 | format   | source                                 | differs from ours by                   |
 |----------|----------------------------------------|----------------------------------------|
@@ -58,7 +58,7 @@ OUR_KEY_PATTERNS = tuple(re.compile(p) for p in (
     r"decode_head\.hamburger\.ham\.bases",                    # only with rand_init=False
 ))
 
-MSCAN_VARIANTS = {  # name: (embed_dims, depths), facts sheet §1.1
+MSCAN_VARIANTS = {  # name: (embed_dims, depths), as mmseg 1.x's segnext_mscan-* configs
     "MSCAN-T": ((32, 64, 160, 256), (3, 3, 5, 2)),
     "MSCAN-S": ((64, 128, 320, 512), (2, 2, 4, 2)),
     "MSCAN-B": ((64, 128, 320, 512), (3, 3, 12, 3)),
