@@ -12,6 +12,8 @@ Attribute names equal the PyTorch checkpoint keys (`squeeze.conv`, `squeeze.gn`,
 import jittor as jt
 from jittor import nn
 
+from jseg.ops import matmul
+
 from .layers import ConvModule, PointwiseConv2d, normal_init_, resize
 from .losses import CrossEntropyLoss, accuracy
 
@@ -23,24 +25,14 @@ NMF_EPS = 1e-6
 L2_EPS = 1e-12
 
 
-def _sample(a, i):
-    """a[i] of a (B, n, m) Var; a free reshape when B == 1."""
-    return a.reshape(a.shape[1:]) if a.shape[0] == 1 else a[i]
-
-
 def _bmm(a, b, transpose_b=False):
     """Batched matmul (B, n, k) @ (B, k, m) -> (B, n, m); b is (B, m, k) if transpose_b.
 
-    On CPU as B 2-D matmuls, which Jittor hands to oneDNN (with the transpose as a flag,
-    not a copy); its batched matmul runs as generated single-core loops (about 4x slower
-    for the NMF shapes).
+    On CPU as per-sample 2-D matmuls (jseg.ops.matmul), else Jittor's batched matmul.
     """
-    if jt.flags.use_cuda:
-        return nn.bmm_transpose(a, b) if transpose_b else nn.bmm(a, b)
-    mm = nn.matmul_transpose if transpose_b else nn.matmul
-    if a.shape[0] == 1:
-        return mm(_sample(a, 0), _sample(b, 0)).unsqueeze(0)
-    return jt.stack([mm(a[i], b[i]) for i in range(a.shape[0])])
+    if matmul.applies(a, b):
+        return matmul.batched_matmul(a, b, transpose_b)
+    return nn.bmm_transpose(a, b) if transpose_b else nn.bmm(a, b)
 
 
 class NMF2D(nn.Module):

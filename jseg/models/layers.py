@@ -9,18 +9,20 @@
 - `BatchNorm2d`: Jittor's BatchNorm with PyTorch's (unbiased) running-variance update.
 - `PointwiseConv2d`: a 1x1 nn.Conv2d computed as 2-D matmuls on CPU (oneDNN's
   matmul needs no NCHW <-> NHWC reorders, its convolution does).
-- `GELU`, `GroupNorm`: exact-erf GELU and GroupNorm on multi-threaded CPU kernels.
-- `DepthwiseConv2d`: nn.Conv2d with groups == channels that runs on the multi-threaded
-  CPU kernel of `jseg.models.kernels` when it can (same weights, same keys).
+- `GELU`, `GroupNorm`: exact-erf GELU and GroupNorm.
+- `DepthwiseConv2d`: nn.Conv2d with groups == channels (same weights, same keys).
+
+Each layer's `execute` is the reference maths on Jittor's ops; where `jseg.ops` has a
+CPU kernel that applies (its `applies(...)`, which asks `jseg.ops.enabled()`), the layer
+runs that instead, with the same arithmetic.
 """
 import math
 
 import jittor as jt
 from jittor import nn
 
-from .kernels import (add_channel_bias, batched_weight_matmul, bilinear_resize, depthwise_conv2d,
-                      depthwise_supported, gelu, group_norm, group_norm_supported,
-                      resize_supported)
+from jseg.ops import depthwise, elementwise, matmul, norm
+from jseg.ops import resize as resize_op
 
 __all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "GELU", "GroupNorm",
            "resize", "normal_init_", "kaiming_normal_fan_out_", "constant_init_"]
@@ -61,8 +63,8 @@ def resize(x, size, align_corners=False):
     size = (int(size[0]), int(size[1]))
     if tuple(x.shape[2:]) == size:
         return x
-    if resize_supported(x):
-        return bilinear_resize(x, size, align_corners)
+    if resize_op.applies(x):
+        return resize_op.bilinear_resize(x, size, align_corners)
     return nn.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
@@ -145,15 +147,15 @@ class DepthwiseConv2d(nn.Conv2d):
 
     An nn.Conv2d in every respect (parameters `weight` (C, 1, kh, kw) and `bias` (C,),
     initialisation, state-dict keys); on CPU with stride 1 and "same" padding it runs
-    the OpenMP kernel instead of Jittor's single-threaded loops.
+    jseg.ops.depthwise's OpenMP kernel instead of Jittor's single-threaded loops.
     """
 
     def __init__(self, channels: int, kernel_size, padding=0):
         super().__init__(channels, channels, kernel_size, padding=padding, groups=channels)
 
     def execute(self, x):
-        if depthwise_supported(self, x):
-            return depthwise_conv2d(x, self.weight, self.bias)
+        if depthwise.applies(self, x):
+            return depthwise.depthwise_conv2d(x, self.weight, self.bias)
         return super().execute(x)
 
 
@@ -168,40 +170,30 @@ class PointwiseConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
-    def matmul_supported(self, x):
-        return not jt.flags.use_cuda and x.ndim == 4 and x.dtype == "float32"
-
-    def project(self, x):
-        """weight @ x without the bias, (N, C_in, H, W) -> (N, C_out, H, W), CPU only.
-
-        For callers that fold the bias into their next kernel."""
-        n, c, h, w = x.shape
-        weight = self.weight.reshape((self.out_channels, c))
-        y = batched_weight_matmul(weight, x.reshape((n, c, h * w)))
-        return y.reshape((n, self.out_channels, h, w))
-
     def execute(self, x):
-        if not self.matmul_supported(x):
+        if not (matmul.applies(x) and x.ndim == 4):
             return super().execute(x)
-        y = self.project(x)
+        y = matmul.pointwise(x, self.weight)
         if self.bias is None:
             return y
         n, _, h, w = y.shape
-        return add_channel_bias(y.reshape((n, self.out_channels, h * w)),
-                                self.bias).reshape(y.shape)
+        return elementwise.add_channel_bias(y.reshape((n, self.out_channels, h * w)),
+                                            self.bias).reshape(y.shape)
 
 
 class GELU(nn.Module):
     """x / 2 * (1 + erf(x / sqrt 2)) (PyTorch's default GELU), any shape."""
 
     def execute(self, x):
-        return gelu(x)
+        if elementwise.applies(x):
+            return elementwise.gelu(x)
+        return nn.gelu(x)
 
 
 class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm (eps 1e-5, affine `weight` and `bias`) on the OpenMP kernel on CPU."""
+    """nn.GroupNorm (eps 1e-5, affine `weight` and `bias`); jseg.ops.norm's kernel on CPU."""
 
     def execute(self, x):
-        if self.affine and group_norm_supported(x):
-            return group_norm(x, self.weight, self.bias, self.num_groups, self.eps)
+        if self.affine and norm.applies(x):
+            return norm.group_norm(x, self.weight, self.bias, self.num_groups, self.eps)
         return super().execute(x)

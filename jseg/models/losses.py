@@ -10,7 +10,7 @@ are not checked and contribute 0.
 import jittor as jt
 from jittor import nn
 
-from .kernels import accuracy_counts, cross_entropy_sum, cross_entropy_supported
+from jseg.ops import loss as loss_op
 
 __all__ = ["cross_entropy", "accuracy", "CrossEntropyLoss"]
 
@@ -35,13 +35,13 @@ def cross_entropy(logits, label, class_weight=None, ignore_index: int = 255):
     if class_weight is not None and len(class_weight) != num_classes:
         raise ValueError(f"class_weight has {len(class_weight)} entries for {num_classes} "
                          "classes")
-    if cross_entropy_supported(logits, label):
+    if loss_op.applies(logits, label):
         # fused CPU kernel: log-softmax, pick and sum in one pass, softmax recomputed in
         # the backward instead of keeping a (B, C, H, W) log-probability tensor
         weight = jt.array(list(class_weight) if class_weight is not None
                           else [1.0] * num_classes, "float32")
         pixels = label.numel()
-        return cross_entropy_sum(logits, label, weight, ignore_index).sum() / pixels
+        return loss_op.cross_entropy_sum(logits, label, weight, ignore_index).sum() / pixels
     one_hot = _one_hot_valid(label, num_classes, ignore_index)  # (B, C, H, W)
     if class_weight is not None:
         one_hot = one_hot * jt.array(list(class_weight), "float32").reshape((1, -1, 1, 1))
@@ -56,8 +56,8 @@ def accuracy(logits, label, ignore_index: int = 255):
     As mmseg, a float32 epsilon is added to both counts (an all-ignored batch gives 100).
     """
     eps = 1.1920928955078125e-07
-    if cross_entropy_supported(logits, label):
-        counts = accuracy_counts(logits, label, ignore_index)
+    if loss_op.applies(logits, label):
+        counts = loss_op.accuracy_counts(logits, label, ignore_index)
         return ((counts[0] + eps) / (counts[1] + eps) * 100.0).float32()
     with jt.no_grad():
         pred, _ = jt.argmax(logits.detach(), dim=1)  # (B, H, W)

@@ -22,8 +22,8 @@ import math
 import numpy as np
 from jittor import nn
 
-from .fused import bias_gate, bias_gelu, fused_supported, scaled_residual
-from .kernels import depthwise_conv2d, depthwise_supported
+from jseg.ops import fused_block
+
 from .layers import (GELU, BatchNorm2d, DepthwiseConv2d, PointwiseConv2d, constant_init_,
                      normal_init_)
 
@@ -136,12 +136,9 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop, is_train=True) if drop > 0 else nn.Identity()
 
     def hidden(self, x):
-        """act(dwconv(fc1(x))); on CPU in one pass after fc1's matmul: its bias, the
-        depthwise conv and GELU (same arithmetic)."""
-        if (fused_supported(x) and self.fc1.matmul_supported(x)
-                and depthwise_supported(self.dwconv, x)):
-            return depthwise_conv2d(self.fc1.project(x), self.dwconv.weight, self.dwconv.bias,
-                                    input_bias=self.fc1.bias, gelu=True)
+        """act(dwconv(fc1(x))); on CPU in one pass after fc1's matmul (jseg.ops.fused_block)."""
+        if fused_block.mlp_applies(self.fc1, self.dwconv, x):
+            return fused_block.mlp_hidden(self.fc1, self.dwconv, x)
         return self.act(self.dwconv(self.fc1(x)))
 
     def execute(self, x):
@@ -164,39 +161,27 @@ class MSCABlock(nn.Module):
         self.layer_scale_1 = LAYER_SCALE_INIT * nn.init.one((channels,), "float32")
         self.layer_scale_2 = LAYER_SCALE_INIT * nn.init.one((channels,), "float32")
 
-    def _can_fuse(self, x):
-        """The fused CPU kernels apply: CPU float32, no active dropout (DropPath is fused)."""
+    def fusion_parts(self):
+        """The block's parts by role, for jseg.ops.fused_block."""
         attn, mlp = self.attn, self.mlp
         sgu = attn.spatial_gating_unit
-        convs = [sgu.conv0] + [getattr(sgu, f"conv{i}_{j}") for i in range(sgu.num_branches)
-                               for j in (1, 2)]
+        strips = tuple((getattr(sgu, f"conv{i}_1"), getattr(sgu, f"conv{i}_2"))
+                       for i in range(sgu.num_branches))
         dropout = getattr(mlp.drop, "is_train", False) and getattr(mlp.drop, "p", 0) > 0
-        return (fused_supported(x) and attn.proj_1.matmul_supported(x) and not dropout
-                and all(depthwise_supported(c, x) for c in convs))
-
-    def _fused_execute(self, x):
-        """The same block as `execute`, with each bias and element-wise step fused into the
-        kernel before or after it (see jseg.models.fused); same arithmetic."""
-        attn, mlp = self.attn, self.mlp
-        sgu = attn.spatial_gating_unit
-        normed = self.norm1(x)
-        u = bias_gelu(attn.proj_1.project(normed), attn.proj_1.bias)
-        a = depthwise_conv2d(u, sgu.conv0.weight, sgu.conv0.bias)
-        total = a
-        for i in range(sgu.num_branches):
-            first, second = getattr(sgu, f"conv{i}_1"), getattr(sgu, f"conv{i}_2")
-            branch = depthwise_conv2d(a, first.weight, first.bias)
-            total = depthwise_conv2d(branch, second.weight, second.bias, addend=total)
-        gated = bias_gate(sgu.conv3.project(total), sgu.conv3.bias, u)
-        x = scaled_residual(x, attn.proj_2.project(gated), attn.proj_2.bias,
-                            self.layer_scale_1, normed, drop_path=self.drop_path)
-        hidden = mlp.hidden(self.norm2(x))
-        return scaled_residual(x, mlp.fc2.project(hidden), mlp.fc2.bias, self.layer_scale_2,
-                               drop_path=self.drop_path)
+        return fused_block.MSCABlockParts(
+            norm1=self.norm1, proj_1=attn.proj_1, conv0=sgu.conv0, strips=strips,
+            conv3=sgu.conv3, proj_2=attn.proj_2, layer_scale_1=self.layer_scale_1,
+            norm2=self.norm2, fc1=mlp.fc1, dwconv=mlp.dwconv, fc2=mlp.fc2,
+            layer_scale_2=self.layer_scale_2, drop_path=self.drop_path, dropout=dropout)
 
     def execute(self, x):
-        if self._can_fuse(x):
-            return self._fused_execute(x)
+        parts = self.fusion_parts()
+        if fused_block.applies(parts, x):  # on CPU: the same block on fused kernels
+            return fused_block.mscan_block(parts, x)
+        return self.execute_modules(x)
+
+    def execute_modules(self, x):
+        """The block module by module: the reference maths (what runs on CUDA)."""
         # layer_scale (C,) -> (C, 1, 1), broadcast over (B, C, H, W)
         scale_1 = self.layer_scale_1.reshape((-1, 1, 1))
         scale_2 = self.layer_scale_2.reshape((-1, 1, 1))

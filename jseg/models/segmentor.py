@@ -9,7 +9,7 @@ Follows mmsegmentation 1.x's EncoderDecoder:
 import jittor as jt
 from jittor import nn
 
-from .kernels import slide_merge, slide_merge_supported
+from jseg.ops import slide_merge
 from .layers import resize
 
 __all__ = ["EncoderDecoder", "slide_windows"]
@@ -106,8 +106,8 @@ class EncoderDecoder(nn.Module):
         B, _, H, W = img.shape
         boxes = slide_windows(H, W, crop_size, stride)
         windows = [self.encode_decode(img[:, :, y1:y2, x1:x2]) for y1, y2, x1, x2 in boxes]
-        if slide_merge_supported(windows):
-            return slide_merge(windows, boxes, (H, W))  # one multi-threaded pass, same sums
+        if slide_merge.applies(windows):  # one multi-threaded pass, same sums
+            return slide_merge.slide_merge(windows, boxes, (H, W))
         logits = jt.zeros((B, self.num_classes, H, W), "float32")
         count = jt.zeros((1, 1, H, W), "float32")
         for (y1, y2, x1, x2), window_logits in zip(boxes, windows):

@@ -15,7 +15,7 @@ process (`resource.getrusage`, Python and the framework included); on GPU the mo
 Jittor's allocator held (used + cached, sampled after every step).
 
 Threads (`set_threads`): one number for both frameworks. Jittor's CPU matmuls and
-convolutions run in oneDNN, and jseg's own CPU kernels (`jseg.models.kernels`), on GNU
+convolutions run in oneDNN, and jseg's own CPU kernels (`jseg.ops`), on GNU
 OpenMP, which reads OMP_NUM_THREADS when it is loaded; we set that variable and, if libgomp
 is already loaded, also call its omp_set_num_threads, so the setting holds before or after
 `import jittor`. Jittor's own generated loops (the remaining element-wise ops, reductions)

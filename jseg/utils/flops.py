@@ -80,7 +80,7 @@ def count_macs(model, input_shape):
     The model's train/eval mode is restored afterwards.
     """
     import jittor as jt
-    from jseg.models.fused import fusion_disabled
+    from jseg.ops import disabled
     from jseg.models.ham_head import NMF2D
 
     by_module = {}
@@ -109,7 +109,7 @@ def count_macs(model, input_shape):
     model.eval()
     try:
         # module by module: the fused CPU kernels would skip the conv modules' execute
-        with jt.no_grad(), fusion_disabled():
+        with jt.no_grad(), disabled():
             x = jt.zeros(tuple(input_shape), "float32")
             forward = getattr(model, "encode_decode", model)
             forward(x)  # builds the lazy graph only; never executed

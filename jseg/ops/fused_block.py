@@ -1,43 +1,38 @@
-"""Fused element-wise steps of the MSCAN block, as multi-threaded CPU kernels.
+"""The MSCAN block with its biases and element-wise steps folded into neighbouring kernels.
 
-Every 1x1 conv of a block is a matmul (`PointwiseConv2d.project`) whose bias would cost a
-pass over memory of its own, and the element-wise steps after it (GELU, the attention
-gate, the layer-scaled residual) one more each, on one core in Jittor's generated loops.
-Here each bias rides along with the step that follows it:
+In the block every 1x1 conv is a matmul whose bias would cost a pass over memory of its
+own, and the element-wise steps after it (GELU, the attention gate, the layer-scaled
+residual, DropPath) one more each, on one core in Jittor's generated loops. Here each
+bias rides along with the step that follows it:
 
 - `bias_gelu(m, b)` = gelu(m + b)                        (proj_1 -> GELU)
 - `bias_gate(m, b, u)` = (m + b) * u                     (conv3 -> gating by u)
 - `scaled_residual(x, m, b, scale, s)` = x + scale * (m + b + s) [* DropPath mask]
                                                          (proj_2 + shortcut, layer scale,
                                                           DropPath, residual; fc2 without s)
+- the depthwise kernels take the strip branches' running sum and the MLP's fc1 bias and
+  GELU (`jseg.ops.depthwise`).
 
-Tensors are (N, C, L) float32 with per-channel (C,) vectors; each has a backward kernel
-that also produces the per-channel gradients (one pass, one channel per task).
+`mscan_block(parts, x)` is the block (jseg.models.mscan.MSCABlock, whose module-by-module
+`execute` is the reference) written with these kernels; `mlp_hidden` is the MLP's
+fc1 -> depthwise 3x3 -> GELU. Tensors are (N, C, L) float32 with per-channel (C,) vectors;
+every kernel has a backward that also produces the per-channel gradients (one pass, one
+channel per task). tests/test_ops.py checks both against the modules, outputs and every
+gradient.
 """
-import contextlib
+from dataclasses import dataclass
 
 import jittor as jt
 
-from .kernels import _GELU_HEADER
+from . import depthwise, matmul
+from ._cpp import GELU_HEADER
+from .depthwise import depthwise_conv2d
+from .matmul import pointwise
 
-__all__ = ["bias_gelu", "bias_gate", "scaled_residual", "fused_supported", "fusion_disabled"]
+__all__ = ["MSCABlockParts", "applies", "mscan_block", "mlp_applies", "mlp_hidden",
+           "bias_gelu", "bias_gate", "scaled_residual"]
 
-_fusion_enabled = True
-
-
-@contextlib.contextmanager
-def fusion_disabled():
-    """Inside: blocks run module by module (every conv module is called), e.g. so that
-    `jseg.utils.flops` sees each convolution."""
-    global _fusion_enabled
-    previous, _fusion_enabled = _fusion_enabled, False
-    try:
-        yield
-    finally:
-        _fusion_enabled = previous
-
-
-_HEADER = _GELU_HEADER + r"""
+_HEADER = GELU_HEADER + r"""
 #define JSEG_PLANES const int N = in0_shape0, C = in0_shape1, L = in0_shape2;
 """
 
@@ -223,11 +218,6 @@ class _ScaledResidual(jt.Function):
         return (dy, dm, db, dscale, None) + ((dm,) if s is not None else ())
 
 
-def fused_supported(x):
-    """True when the fused CPU kernels apply to activations like `x`."""
-    return _fusion_enabled and not jt.flags.use_cuda and x.dtype == "float32"
-
-
 def bias_gelu(m, b):
     """gelu(m + b[c]) for m (N, C, ...) and b (C,)."""
     return _BiasGELU.apply(_flat(m), b).reshape(m.shape)
@@ -252,3 +242,62 @@ def scaled_residual(x, m, b, scale, s=None, drop_path=None):
         factor = jt.ones((n,), "float32").stop_grad()
     args = [_flat(x), _flat(m), b, scale, factor] + ([_flat(s)] if s is not None else [])
     return _ScaledResidual.apply(*args).reshape(x.shape)
+
+
+@dataclass(frozen=True)
+class MSCABlockParts:
+    """The modules and tensors of one MSCAN block, by role (MSCABlock.fusion_parts()).
+
+    Convs are nn.Conv2d (1x1 ones, and depthwise ones with odd kernels); norms are called
+    as they are (BatchNorm updates its statistics in training); the layer scales are (C,).
+    """
+    norm1: object
+    proj_1: object
+    conv0: object
+    strips: tuple  # ((1xk conv, kx1 conv), ...), one pair per branch
+    conv3: object
+    proj_2: object
+    layer_scale_1: object
+    norm2: object
+    fc1: object
+    dwconv: object
+    fc2: object
+    layer_scale_2: object
+    drop_path: object  # a jittor nn.DropPath
+    dropout: bool  # the MLP's dropout is active: not fused, the modules run instead
+
+
+def applies(parts, x):
+    """True when `mscan_block(parts, x)` stands in for the block's modules."""
+    convs = [parts.conv0, parts.dwconv] + [c for pair in parts.strips for c in pair]
+    return (not parts.dropout and matmul.applies(x) and x.ndim == 4
+            and all(depthwise.applies(c, x) for c in convs))
+
+
+def mscan_block(parts, x):
+    """x + DropPath(ls1 * attn(BN1(x))), then x + DropPath(ls2 * mlp(BN2(x))): the block of
+    jseg.models.mscan on the fused kernels (same arithmetic; see the module docstring)."""
+    normed = parts.norm1(x)
+    u = bias_gelu(pointwise(normed, parts.proj_1.weight), parts.proj_1.bias)
+    a = depthwise_conv2d(u, parts.conv0.weight, parts.conv0.bias)
+    total = a
+    for first, second in parts.strips:
+        branch = depthwise_conv2d(a, first.weight, first.bias)
+        total = depthwise_conv2d(branch, second.weight, second.bias, addend=total)
+    gated = bias_gate(pointwise(total, parts.conv3.weight), parts.conv3.bias, u)
+    x = scaled_residual(x, pointwise(gated, parts.proj_2.weight), parts.proj_2.bias,
+                        parts.layer_scale_1, normed, drop_path=parts.drop_path)
+    hidden = mlp_hidden(parts.fc1, parts.dwconv, parts.norm2(x))
+    return scaled_residual(x, pointwise(hidden, parts.fc2.weight), parts.fc2.bias,
+                           parts.layer_scale_2, drop_path=parts.drop_path)
+
+
+def mlp_applies(fc1, dwconv, x):
+    """True when `mlp_hidden` stands in for gelu(dwconv(fc1(x)))."""
+    return matmul.applies(x) and x.ndim == 4 and depthwise.applies(dwconv, x)
+
+
+def mlp_hidden(fc1, dwconv, x):
+    """gelu(dwconv(fc1(x))) with fc1's bias and the GELU inside the depthwise kernel."""
+    return depthwise_conv2d(pointwise(x, fc1.weight), dwconv.weight, dwconv.bias,
+                            input_bias=fc1.bias, gelu=True)

@@ -1,4 +1,5 @@
-"""The multi-threaded CPU kernels equal Jittor's own ops, forward and backward."""
+"""jseg.ops: the multi-threaded CPU kernels equal Jittor's own ops, forward and backward, and
+one switch (`jseg.ops.enabled()`, JSEG_CPU_KERNELS=0, `jseg.ops.disabled()`) turns them all off."""
 import numpy as np
 import pytest
 
@@ -6,8 +7,9 @@ import jseg  # noqa: F401  (configures Jittor before it is imported)
 import jittor as jt
 from jittor import nn
 
-from jseg.models.kernels import depthwise_supported
+from jseg import ops
 from jseg.models.layers import DepthwiseConv2d
+from jseg.ops import depthwise
 
 
 def _outputs_and_grads(conv, x, upstream):
@@ -27,7 +29,7 @@ def test_depthwise_kernel_matches_jittor_conv(kernel, padding):
     # odd sizes, a kernel taller than the input (21 > 13): border handling matters
     x = jt.randn(2, 6, 13, 17)
     upstream = jt.randn(2, 6, 13, 17)
-    assert depthwise_supported(fast, x)
+    assert depthwise.applies(fast, x)
     expected = _outputs_and_grads(reference, x, upstream)
     got = _outputs_and_grads(fast, x, upstream)
     for name, e, g in zip(["output", "grad x", "grad weight", "grad bias"], expected, got):
@@ -38,17 +40,17 @@ def test_depthwise_falls_back_where_the_kernel_does_not_apply():
     strided = DepthwiseConv2d(4, 3, padding=1)
     strided.stride = (2, 2)
     x = jt.randn(1, 4, 9, 9)
-    assert not depthwise_supported(strided, x)
+    assert not depthwise.applies(strided, x)
     assert tuple(strided(x).shape) == (1, 4, 5, 5)
     unpadded = DepthwiseConv2d(4, 3, padding=0)
-    assert not depthwise_supported(unpadded, x)
+    assert not depthwise.applies(unpadded, x)
     assert tuple(unpadded(x).shape) == (1, 4, 7, 7)
 
 
 def test_gelu_kernel_matches_the_erf_formula():
     from math import erf, exp, pi, sqrt
 
-    from jseg.models.kernels import gelu
+    from jseg.ops.elementwise import gelu
     values = np.linspace(-9, 9, 2001).astype("float32")
     x = jt.array(values)
     y = gelu(x)
@@ -140,33 +142,31 @@ def test_fused_block_matches_the_module_by_module_block(training, drop_path, mon
     x = jt.randn(2, 8, 9, 11)
     upstream = jt.randn(2, 8, 9, 11)
     params = [x] + [p for p in block.parameters() if p.requires_grad]
-    assert block._can_fuse(x)
+    assert ops.fused_block.applies(block.fusion_parts(), x)
 
-    def run(fused):
-        y = block._fused_execute(x) if fused else _plain(block, x)
+    def run(path):
+        if path == "fused":
+            y = ops.fused_block.mscan_block(block.fusion_parts(), x)
+        elif path == "modules":  # module by module, each on its own kernel
+            y = block.execute_modules(x)
+        else:  # kernels off: Jittor's own ops, as on CUDA
+            with ops.disabled():
+                y = block(x)
         return [t.numpy() for t in (y, *jt.grad((y * upstream).sum(), params))]
 
-    fused = run(True)
-    for i, (f, p) in enumerate(zip(fused, run(False))):
-        np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * max(np.abs(p).max(), 1e-3),
-                                   err_msg=str(i))
+    fused = run("fused")
+    for path in ("modules", "off"):
+        for i, (f, p) in enumerate(zip(fused, run(path))):
+            np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * max(np.abs(p).max(), 1e-3),
+                                       err_msg=f"{path}: {i}")
+    assert np.array_equal(run("fused")[0], block(x).numpy())  # what execute runs on CPU
     if drop_path:  # the masks did drop something (else this case would test nothing new)
         block.drop_path.p = 0.0
-        assert not np.allclose(run(True)[0], fused[0])
-
-
-def _plain(block, x):
-    """The block without the fused kernels (what runs on GPU or with dropout active)."""
-    original = block._can_fuse
-    block._can_fuse = lambda _x: False
-    try:
-        return block(x)
-    finally:
-        block._can_fuse = original
+        assert not np.allclose(run("fused")[0], fused[0])
 
 
 def test_slide_merge_averages_overlapping_windows_with_gradients():
-    from jseg.models.kernels import slide_merge
+    from jseg.ops.slide_merge import slide_merge
     from jseg.models.segmentor import slide_windows
     boxes = slide_windows(7, 11, (5, 6), (3, 4))  # overlaps in both directions
     rng = np.random.default_rng(5)
@@ -227,3 +227,63 @@ def test_cross_entropy_and_accuracy_kernels_match_numpy():
     labelled = label != 255
     expected_acc = ((logits.argmax(1) == label) & labelled).sum() / labelled.sum() * 100
     assert abs(accuracy(x, jt.array(label)).item() - expected_acc) < 1e-3
+
+
+def test_one_switch_turns_every_kernel_off():
+    """ops.enabled() decides for every family; disabled() and JSEG_CPU_KERNELS=0 switch all off."""
+    from jseg.ops import elementwise, fused_block, loss, matmul, norm, resize, slide_merge
+    from jseg.models.mscan import MSCABlock
+    x = jt.randn(1, 4, 5, 5)
+    label = jt.zeros((1, 5, 5), "int32")
+    conv, block = DepthwiseConv2d(4, 3, padding=1), MSCABlock(4, mlp_ratio=2)
+
+    def applying():
+        return [depthwise.applies(conv, x), resize.applies(x), elementwise.applies(x),
+                norm.applies(x), matmul.applies(x), loss.applies(x, label),
+                slide_merge.applies([x]), fused_block.applies(block.fusion_parts(), x)]
+
+    assert ops.enabled(x) and all(applying()), applying()
+    with ops.disabled():
+        assert not ops.enabled(x) and not any(applying()), applying()
+    assert all(applying())
+    assert not ops.enabled(x.float64())  # float32 only
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import jseg, jittor as jt; from jseg import ops; "
+                          "print(ops.enabled(jt.zeros(2)))"], capture_output=True, text=True,
+                         env=dict(__import__("os").environ, JSEG_CPU_KERNELS="0"), timeout=300)
+    assert out.stdout.strip() == "False", (out.stdout, out.stderr[-1000:])
+
+
+def test_kernels_off_the_network_equals_the_kernels():
+    """A tiny SegNeXt in eval and a training step: logits and loss with jseg.ops off (Jittor's
+    own ops, as on CUDA) equal those with the kernels on."""
+    from jseg.config import load_config
+    from jseg.models import build_model
+    from conftest import DEMO_CONFIG, TINY_OVERRIDES
+    cfg = load_config(DEMO_CONFIG, TINY_OVERRIDES + ["model.decode_head.ham.rand_init=false",
+                                                    "model.decode_head.dropout_ratio=0.0",
+                                                    "model.backbone.drop_path_rate=0.0"])
+    jt.set_global_seed(7)
+    model = build_model(cfg.model)
+    x = jt.randn(2, 3, 48, 64)
+    label = jt.array(np.random.default_rng(7).integers(0, 6, (2, 48, 64)).astype("int32"))
+
+    def logits():
+        model.eval()
+        with jt.no_grad():
+            return model(x).numpy()
+
+    def training_step():  # batch statistics; updates the running ones, so after the evals
+        model.train()
+        loss = model(x, label)["loss_ce"]
+        return loss.item(), jt.grad(loss, model.decode_head.conv_seg.weight).numpy()
+
+    on, off = [logits()], []
+    with ops.disabled():
+        off.append(logits())
+        off.extend(training_step())
+    on.extend(training_step())
+    np.testing.assert_allclose(on[0], off[0], rtol=1e-4, atol=1e-4 * np.abs(off[0]).max())
+    assert abs(on[1] - off[1]) <= 1e-5 * abs(off[1]), (on[1], off[1])
+    np.testing.assert_allclose(on[2], off[2], rtol=1e-3, atol=1e-3 * np.abs(off[2]).max())
