@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from .config import Config, load_config
-from .engine.checkpoint import load_weights
+from .checkpoint import load_weights
 from .utils.env import init_device
 
 __all__ = ["init_model", "inference_model", "show_result", "load_rgb"]

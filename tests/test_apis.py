@@ -25,7 +25,7 @@ from jseg.utils.atomic import write_image
 def tiny_weights(tmp_path_factory):
     """A tiny model's freshly initialised weights, saved as a checkpoint file."""
     import jittor as jt
-    from jseg.engine.checkpoint import write_checkpoint
+    from jseg.checkpoint import write_checkpoint
     from jseg.models import build_model
     jt.set_global_seed(0)
     model = build_model(load_config(DEMO_CONFIG, TINY_OVERRIDES).model)
@@ -41,7 +41,7 @@ def model(tiny_weights):
 
 def test_init_model_is_in_eval_mode_and_loads_strictly(model, tiny_weights):
     assert not model.is_training()
-    from jseg.engine.checkpoint import WeightsMismatchError
+    from jseg.checkpoint import WeightsMismatchError
     with pytest.raises(WeightsMismatchError, match="The file has 6 classes and the config 5"):
         five = ["model.decode_head.num_classes=5", "data.classes=[a,b,c,d,e]", "data.palette=null"]
         init_model(load_config(DEMO_CONFIG, TINY_OVERRIDES + five), tiny_weights)

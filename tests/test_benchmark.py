@@ -177,7 +177,7 @@ def test_tool_rejects_an_unreadable_checkpoint(tmp_path):
 
 def test_tool_loads_a_checkpoint(cfg, tmp_path):
     """Weights saved from a tiny model load strictly and the run completes."""
-    from jseg.engine.checkpoint import write_checkpoint
+    from jseg.checkpoint import write_checkpoint
     from jseg.models import build_model
 
     model = build_model(cfg["model"])

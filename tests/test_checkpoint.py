@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from jseg.config import load_config
-from jseg.engine.checkpoint import (WeightsMismatchError, checkpoint_iteration, checkpoint_name,
+from jseg.checkpoint import (WeightsMismatchError, checkpoint_iteration, checkpoint_name,
                                     find_checkpoints, load_state_dict, read_training_checkpoint,
                                     write_checkpoint)
-from jseg.utils.safe_pickle import CheckpointError
+from jseg.checkpoint.safe_pickle import CheckpointError
 
 from conftest import DEMO_CONFIG, TINY_OVERRIDES
 

@@ -1,11 +1,12 @@
-"""weights_convert: key mapping for every source layout, shape checks, and the CLI.
+"""jseg.checkpoint.mapping / convert and weights_convert/convert.py: key mapping for every
+source layout, shape checks, and the CLI.
 
 Full-size layouts are synthesised from the key patterns with zero-memory arrays
-(np.broadcast_to) so that T/S/B/L run in milliseconds; the CLI runs on the tiny
-torch-made fixtures in tests/data/checkpoints. No torch and no Jittor needed.
+(np.broadcast_to) so that T/S/B/L run in milliseconds; the shape table is checked against
+the models the shipped T/S/B/L configs build; the CLI runs on the tiny torch-made fixtures
+in tests/data/checkpoints. No torch needed.
 """
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # weights_convert is a top-level folder of the checkout
     sys.path.insert(0, str(ROOT))
 
-from jseg.utils.atomic import save_checkpoint_file  # noqa: E402
-from jseg.utils.safe_pickle import load_checkpoint_file  # noqa: E402
+from jseg.checkpoint import save_checkpoint_file  # noqa: E402
+from jseg.checkpoint.safe_pickle import load_checkpoint_file  # noqa: E402
 from weights_convert import convert as convert_cli  # noqa: E402
-from weights_convert.mapping import (MSCAN_VARIANTS, ConversionError,  # noqa: E402
-                                     check_against_model, convert_state_dict,
-                                     describe_architecture, detect_format, infer_state_shapes,
-                                     is_our_key, segnext_state_shapes)
+from jseg.checkpoint.convert import file_sha256  # noqa: E402
+from jseg.checkpoint.mapping import (ConversionError, check_against_model,  # noqa: E402
+                                     convert_state_dict, describe_architecture, detect_format,
+                                     infer_state_shapes, is_our_key, mscan_variants,
+                                     segnext_state_shapes)
 
 DATA = ROOT / "tests" / "data" / "checkpoints"
 SCRIPT = ROOT / "weights_convert" / "convert.py"
@@ -31,8 +33,9 @@ TINY_FIXTURES = {"segnext_mmseg_tiny.pth": "mmseg", "segnext_official_tiny.pth":
                  "mscan_imagenet_tiny.pth": "imagenet", "segnext_jseg_tiny.pkl": "jseg"}
 TINY = dict(embed_dims=(2, 4, 6, 8), depths=(2, 1, 1, 1), mlp_ratios=(2, 2, 2, 2),
             head=dict(ham_channels=4, channels=4, num_classes=3))  # as in the fixture script
-# decode_head.channels of mmseg 1.x's segnext_mscan-{t,s,b,l}_1x16_512x512_adamw_160k_ade20k
-HEADS = {"MSCAN-T": 256, "MSCAN-S": 256, "MSCAN-B": 512, "MSCAN-L": 1024}
+MSCAN_VARIANTS = mscan_variants()  # from jseg.models.mscan.MSCAN_SETTINGS
+CONFIGS = {v: ROOT / "configs" / "segnext" / f"segnext_mscan-{v[-1].lower()}_ade20k-512x512.yaml"
+           for v in MSCAN_VARIANTS}
 
 # counted from the layer shapes of mmseg 1.x's MSCAN + LightHamHead: state-dict entries in the
 # PyTorch layouts / ours, parameters, BN buffers, head parameters (150 classes)
@@ -43,9 +46,11 @@ FACTS = {"MSCAN-T": (550, 519, 3_903_584, 7_456, 359_830),
 
 
 def _variant_shapes(variant, num_classes=150):
+    from jseg.config import load_config
     dims, depths = MSCAN_VARIANTS[variant]
-    ham = HEADS[variant]
-    return segnext_state_shapes(dims, depths, head=dict(ham_channels=ham, channels=ham,
+    head = load_config(CONFIGS[variant]).model.decode_head
+    return segnext_state_shapes(dims, depths, head=dict(ham_channels=head.ham_channels,
+                                                        channels=head.channels,
                                                         num_classes=num_classes))
 
 
@@ -87,6 +92,16 @@ def test_state_shapes_match_facts(variant):
     got = (len(shapes), got_params, got_buffers, got_head)
     assert got == (n_ours, params, buffers, head), f"{variant}: got {got}"
     assert all(is_our_key(k) for k in shapes), [k for k in shapes if not is_our_key(k)]
+
+
+@pytest.mark.parametrize("variant", list(MSCAN_VARIANTS))
+def test_state_shapes_equal_the_built_model(variant):
+    """The converter's shape table is the state dict of the model each shipped config builds."""
+    from jseg.checkpoint.convert import expected_shapes_from_config
+    built = expected_shapes_from_config(CONFIGS[variant])
+    table = _variant_shapes(variant)
+    assert built == table, (sorted(set(built) ^ set(table))[:5],
+                            [k for k in built if k in table and built[k] != table[k]][:5])
 
 
 @pytest.mark.parametrize("variant", list(MSCAN_VARIANTS))
@@ -226,7 +241,7 @@ def test_cli_converts_fixture(name, fmt, tmp_path, capsys):
     assert set(ckpt) == {"state_dict", "meta"}, list(ckpt)
     meta = ckpt["meta"]
     assert meta["source_format"] == fmt and meta["source_file"] == name, meta
-    assert meta["source_sha256"] == convert_cli.file_sha256(DATA / name)
+    assert meta["source_sha256"] == file_sha256(DATA / name)
     assert meta["converter"] == "jseg weights_convert" and meta["jseg_version"], meta
     expected = np.load(DATA / "segnext_tiny_expected.npz")
     keys = [k for k in expected.files if fmt != "imagenet" or k.startswith("backbone.")]
@@ -250,36 +265,46 @@ def test_cli_forced_format_and_summary(tmp_path, capsys):
     assert load_checkpoint_file(dst)["meta"]["classes"] == ["sky", "road", "tree"]
 
 
-def _tiny_model_shapes(num_classes=3):
-    return segnext_state_shapes(**dict(TINY, head=dict(TINY["head"], num_classes=num_classes)))
+def _tiny_config(tmp_path, num_classes=3):
+    """A config whose model has the tiny fixtures' widths (as in the fixture script)."""
+    kind = ("data: {type: custom, classes: [sky, road, tree], palette: null}" if num_classes == 3
+            else "data: {type: ade20k, classes: null, palette: null, reduce_zero_label: null}")
+    path = tmp_path / f"tiny_{num_classes}.yaml"
+    path.write_text(f"""_base_: {ROOT / "configs" / "demo" / "segnext_mscan-t_demo.yaml"}
+model:
+  backbone: {{embed_dims: [2, 4, 6, 8], depths: [2, 1, 1, 1], mlp_ratios: [2, 2, 2, 2]}}
+  decode_head: {{in_channels: [4, 6, 8], ham_channels: 4, channels: 4, norm_groups: 2,
+                num_classes: {num_classes}}}
+{kind}
+""")
+    return path
 
 
-def test_cli_config_check(tmp_path, capsys, monkeypatch):
+def test_cli_config_check(tmp_path, capsys):
     """--config-file: every model key present with its shape (model built by the config)."""
-    monkeypatch.setattr(convert_cli, "expected_shapes_from_config",
-                        lambda path: _tiny_model_shapes())
+    config = _tiny_config(tmp_path)
     dst = tmp_path / "out.pkl"
     assert convert_cli.main([str(DATA / "segnext_jseg_tiny.pkl"), str(dst),
-                             "--config-file", "tiny.yaml"]) == 0
-    assert "checked against tiny.yaml: all 231 model keys" in capsys.readouterr().out
+                             "--config-file", str(config)]) == 0
+    assert f"checked against {config}: all 231 model keys" in capsys.readouterr().out
     # an ImageNet backbone is checked against the backbone keys only
     assert convert_cli.main([str(DATA / "mscan_imagenet_tiny.pth"), str(dst),
-                             "--config-file", "tiny.yaml"]) == 0
+                             "--config-file", str(config)]) == 0
     assert "all 218 backbone keys" in capsys.readouterr().out
 
 
-def test_cli_class_mismatch_keeps_old_dst(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(convert_cli, "expected_shapes_from_config",
-                        lambda path: _tiny_model_shapes(num_classes=150))
-    dst = tmp_path / "out.pkl"
+def test_cli_class_mismatch_keeps_old_dst(tmp_path, capsys):
+    config = _tiny_config(tmp_path, num_classes=150)
+    dst = tmp_path / "out" / "out.pkl"
+    dst.parent.mkdir()
     dst.write_bytes(b"previous")
     assert convert_cli.main([str(DATA / "segnext_mmseg_tiny.pth"), str(dst),
-                             "--config-file", "ade.yaml"]) == 1
+                             "--config-file", str(config)]) == 1
     err = capsys.readouterr().err
-    assert err == ("error: checkpoint has 3 classes, the config ade.yaml has 150: use the "
+    assert err == (f"error: checkpoint has 3 classes, the config {config} has 150: use the "
                    "config of the dataset the checkpoint was trained on\n"), err
     assert dst.read_bytes() == b"previous"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pkl"]
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["out.pkl"]
 
 
 def _bad_sources(tmp_path):

@@ -1,4 +1,4 @@
-"""jseg.utils.safe_pickle and jseg.utils.atomic: reading checkpoints safely, writing atomically.
+"""jseg.checkpoint.safe_pickle and jseg.utils.atomic: reading checkpoints safely, writing atomically.
 
 The fixtures in tests/data/checkpoints were written by real torch 2.13
 (tests/data/make_checkpoint_fixtures.py); these tests need numpy only.
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jseg.utils.atomic import atomic_write, save_checkpoint_file
-from jseg.utils.safe_pickle import (JITTOR_MAGIC, CheckpointError, OpaqueObject,
+from jseg.checkpoint import save_checkpoint_file
+from jseg.utils.atomic import atomic_write
+from jseg.checkpoint.safe_pickle import (JITTOR_MAGIC, CheckpointError, OpaqueObject,
                                     load_checkpoint_file, sniff_checkpoint_format,
                                     unwrap_state_dict)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jseg.config import load_config
-from jseg.engine.checkpoint import read_checkpoint
+from jseg.checkpoint import read_checkpoint
 
 from conftest import DEMO_CONFIG, ROOT, TINY_OVERRIDES as TINY
 
@@ -223,7 +223,7 @@ def test_backbone_initialisation_is_non_strict_for_the_head_only(tmp_path):
     """model.backbone.pretrained: backbone keys load (with or without the backbone. prefix),
     the head keeps its init, a mis-shaped backbone key is an error."""
     import jittor as jt
-    from jseg.engine.checkpoint import WeightsMismatchError, write_checkpoint
+    from jseg.checkpoint import WeightsMismatchError, write_checkpoint
     from jseg.engine.trainer import _load_backbone_init
     from jseg.models import build_model
 

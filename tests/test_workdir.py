@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from jseg.engine.checkpoint import read_checkpoint
+from jseg.checkpoint import read_checkpoint
 
 from conftest import DEMO_CONFIG, ROOT, TINY_OVERRIDES as TINY
 
@@ -250,7 +250,7 @@ def test_a_full_disk_names_the_file_and_the_intact_checkpoint(demo_root, six_ite
 @pytest.mark.parametrize("case", ["weights_only", "other_model", "past_max_iters",
                                   "resume_and_load_from"])
 def test_bad_resume_is_one_line(case, demo_root, six_iterations, tmp_path):
-    from jseg.engine.checkpoint import write_checkpoint
+    from jseg.checkpoint import write_checkpoint
     last = os.path.join(six_iterations, "checkpoints", "iter_00000006.pkl")
     state, ckpt = read_checkpoint(last, full=True)
     extra, work = [], tmp_path / "w"

@@ -57,9 +57,9 @@ def main(argv=None):
     from jseg.apis import inference_model, init_model, show_result
     from jseg.config import ConfigError, load_config
     from jseg.data.datasets import DataError, dataset_settings
-    from jseg.engine.checkpoint import WeightsMismatchError
+    from jseg.checkpoint import WeightsMismatchError
     from jseg.utils.atomic import write_image
-    from jseg.utils.safe_pickle import CheckpointError
+    from jseg.checkpoint.safe_pickle import CheckpointError
 
     try:
         files = list_images(args.input)

@@ -95,7 +95,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    from jseg.utils.safe_pickle import CheckpointError
+    from jseg.checkpoint.safe_pickle import CheckpointError
 
     try:
         ref_model = parity.build_reference_model(ref, cfg["model"])

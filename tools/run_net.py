@@ -51,7 +51,7 @@ def parse_args(argv=None):
 def _weights_for_eval(args, cfg):
     path = args.load_from or args.resume
     if path == "auto":
-        from jseg.engine.checkpoint import find_checkpoints
+        from jseg.checkpoint import find_checkpoints
         found = find_checkpoints(os.path.join(cfg.work_dir, "checkpoints"))
         if not found:
             raise FileNotFoundError(f"--resume auto: no checkpoint in {cfg.work_dir}/checkpoints")
@@ -131,7 +131,7 @@ def run(args):
         return 0
 
     from jseg.data.loader import build_val_loader
-    from jseg.engine.checkpoint import load_weights
+    from jseg.checkpoint import load_weights
     from jseg.engine.trainer import run_evaluation
 
     labelled = cfg.data.val.ann_dir is not None
@@ -167,10 +167,10 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     from jseg.data.datasets import DataError
-    from jseg.engine.checkpoint import WeightsMismatchError
+    from jseg.checkpoint import WeightsMismatchError
     from jseg.engine.trainer import TrainingError
     from jseg.engine.workdir import WorkDirError
-    from jseg.utils.safe_pickle import CheckpointError
+    from jseg.checkpoint.safe_pickle import CheckpointError
 
     try:
         return run(args)

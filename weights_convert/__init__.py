@@ -1,14 +1,4 @@
-"""PyTorch / JSeg -> jseg checkpoint conversion for SegNeXt.
+"""The checkpoint converter's command line: weights_convert/convert.py (see its docstring).
 
-`mapping` holds the layouts (rename table and drop list per source format, the
-key patterns and shapes of a SegNeXt); `convert` is the command-line tool:
-
-    python weights_convert/convert.py SRC DST [--format auto] [--config-file CONFIG]
+The conversion itself is jseg.checkpoint.convert; the layouts are jseg.checkpoint.mapping.
 """
-from .mapping import (FORMATS, ConversionError, check_against_model, convert_state_dict,
-                      describe_architecture, detect_format, infer_state_shapes,
-                      segnext_state_shapes)
-
-__all__ = ["FORMATS", "ConversionError", "check_against_model", "convert_state_dict",
-           "describe_architecture", "detect_format", "infer_state_shapes",
-           "segnext_state_shapes"]

@@ -40,7 +40,7 @@ from jseg.config import config_to_yaml, dump_config
 from jseg.data.loader import build_train_loader, build_val_loader
 
 from .amp import DynamicLossScaler, amp_scope
-from .checkpoint import (checkpoint_iteration, find_checkpoints, load_state_dict,
+from jseg.checkpoint import (checkpoint_iteration, find_checkpoints, load_state_dict,
                          read_checkpoint, read_training_checkpoint, write_checkpoint)
 from .evaluator import evaluate
 from .metrics import format_table

@@ -23,7 +23,7 @@ import time
 
 from jseg.utils.atomic import stale_temp_files
 
-from .checkpoint import checkpoint_iteration, checkpoint_name, find_checkpoints
+from jseg.checkpoint import checkpoint_iteration, checkpoint_name, find_checkpoints
 
 __all__ = ["WorkDirError", "WorkDir", "CheckpointKeeper"]
 

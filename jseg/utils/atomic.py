@@ -15,27 +15,18 @@ of a write can be killed on purpose for tests (`jseg.utils.failpoint`).
 `write_image(path, image)` writes an image that way: encoded in memory by
 OpenCV for the suffix of `path`, then written through `atomic_write`
 (`cv2.imwrite` writes in place and leaves an empty file on a full disk).
-
-`save_checkpoint_file(path, obj)` writes our checkpoint format through it: a
-pickle (protocol 4) of plain data and numpy arrays, followed by the SHA1 of the
-pickle and Jittor's magic `HCAJSLHD`, the layout `jt.save` writes, so the file
-also opens with `jt.load`. `jseg.utils.safe_pickle.load_checkpoint_file` reads it
-back, checking the SHA1 first.
+Checkpoints are written through it too (`jseg.checkpoint.writer`).
 """
-import collections
 import contextlib
-import hashlib
 import os
-import pickle
 import re
 import secrets
 
 import numpy as np
 
 from .failpoint import failpoint
-from .safe_pickle import JITTOR_MAGIC
 
-__all__ = ["atomic_write", "save_checkpoint_file", "stale_temp_files", "write_image"]
+__all__ = ["atomic_write", "stale_temp_files", "write_image"]
 
 
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # what _open_temp names its files
@@ -146,56 +137,3 @@ def write_image(path, image):
                       f"of shape {image.shape} as {suffix}")
     with atomic_write(path) as f:
         f.write(encoded.tobytes())
-
-
-_PLAIN_TYPES = (str, bytes, int, float, bool, complex, type(None), np.generic)
-
-
-def _plain(obj, where="the checkpoint"):
-    """`obj` as data `load_checkpoint_file` reads back: dict subclasses (a Config)
-    become dicts; anything else that is not plain data is refused with its path."""
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise TypeError(f"{where}: numpy arrays of Python objects cannot be saved; "
-                            "use numeric arrays")
-        return np.asarray(obj)  # subclasses (memmap, matrix) would pickle their class
-    if isinstance(obj, _PLAIN_TYPES):
-        return obj
-    if isinstance(obj, dict):
-        items = [(_plain(k, f"{where} (a key)"), _plain(v, f"{where}[{k!r}]"))
-                 for k, v in obj.items()]
-        return collections.OrderedDict(items) if type(obj) is collections.OrderedDict \
-            else dict(items)
-    if type(obj) in (list, tuple, set, frozenset):
-        return type(obj)(_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
-    raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__qualname__} cannot be "
-                    "saved in a checkpoint; convert it to numpy arrays or plain Python data "
-                    "(jittor Vars: var.numpy())")
-
-
-class _HashingWriter:
-    """Write-through file wrapper that hashes what passes (pickle streams into it)."""
-
-    def __init__(self, f):
-        self.f, self.sha1 = f, hashlib.sha1()
-
-    def write(self, data):
-        self.sha1.update(data)
-        return self.f.write(data)
-
-
-def save_checkpoint_file(path, obj):
-    """Write `obj` (dicts, lists, tuples, str/int/float/bool/None, numpy arrays and
-    scalars) to `path` atomically, in our checkpoint format (see module doc).
-
-    Dict subclasses are saved as plain dicts; other objects raise TypeError naming
-    where they are, before anything is written.
-    """
-    obj = _plain(obj)
-    with atomic_write(path) as f:
-        writer = _HashingWriter(f)
-        pickle.dump(obj, writer, protocol=4)
-        f.flush()
-        failpoint("mid-write", path)  # the pickle is on disk, its checksum and magic are not
-        f.write(writer.sha1.digest())
-        f.write(JITTOR_MAGIC)

@@ -176,14 +176,14 @@ class JittorBench:
 
     cfg: a loaded config (its `model`, `optimizer` and `device` are used).
     mode: "infer" or "train"; img (B, C, H, W) float32 and label (B, H, W) int32 arrays.
-    state_dict: weights (name -> array) loaded strictly (jseg.engine.checkpoint), `source`
+    state_dict: weights (name -> array) loaded strictly (jseg.checkpoint), `source`
     naming them in errors; None for the random initial weights of `seed`.
     """
 
     def __init__(self, cfg, mode, img, label, state_dict=None, source="the checkpoint", seed=0):
         import jittor as jt
 
-        from jseg.engine.checkpoint import load_state_dict
+        from jseg.checkpoint import load_state_dict
         from jseg.models import build_model
         from jseg.utils.env import init_device
 
@@ -476,7 +476,7 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
     median time / torch's). Raises BenchmarkError for bad settings, for vs_torch without the
     reference (VS_TORCH_HINT) or on GPU.
     """
-    from jseg.engine.checkpoint import read_checkpoint
+    from jseg.checkpoint import read_checkpoint
     from jseg.utils.env import environment_report, init_device
 
     shape = tuple(shape)

@@ -302,10 +302,10 @@ def load_reference_checkpoint(ref, model, path):
 
 def build_jseg_model(model_cfg, checkpoint, fmt="auto"):
     """Our model for `model_cfg`, with `checkpoint` converted by weights_convert and loaded
-    strictly (jseg.engine.checkpoint.load_weights); eval mode."""
-    from jseg.engine.checkpoint import load_weights
+    strictly (jseg.checkpoint.load_weights); eval mode."""
+    from jseg.checkpoint import load_weights
     from jseg.models import build_model
-    from weights_convert.convert import convert_checkpoint
+    from jseg.checkpoint.convert import convert_checkpoint
 
     model = build_model(model_cfg)
     with tempfile.TemporaryDirectory(prefix="jseg-parity-") as tmp:

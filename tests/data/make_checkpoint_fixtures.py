@@ -55,7 +55,7 @@ CLASSES = ("sky", "road", "tree")
 
 def tiny_shapes(backbone_only=False):
     sys.path.insert(0, str(ROOT))
-    from weights_convert.mapping import segnext_state_shapes
+    from jseg.checkpoint.mapping import segnext_state_shapes
     tiny = dict(TINY, head=None) if backbone_only else TINY
     return segnext_state_shapes(**tiny)
 

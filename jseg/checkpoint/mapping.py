@@ -25,7 +25,7 @@ real SegNeXt buffer, and a model without it will report it as unexpected.
 import re
 from dataclasses import dataclass
 
-__all__ = ["ConversionError", "FORMATS", "OUR_KEY_PATTERNS", "MSCAN_VARIANTS", "detect_format",
+__all__ = ["ConversionError", "FORMATS", "OUR_KEY_PATTERNS", "mscan_variants", "detect_format",
            "convert_state_dict", "check_against_model", "segnext_state_shapes",
            "infer_state_shapes", "describe_architecture", "is_our_key"]
 
@@ -58,12 +58,13 @@ OUR_KEY_PATTERNS = tuple(re.compile(p) for p in (
     r"decode_head\.hamburger\.ham\.bases",                    # only with rand_init=False
 ))
 
-MSCAN_VARIANTS = {  # name: (embed_dims, depths), as mmseg 1.x's segnext_mscan-* configs
-    "MSCAN-T": ((32, 64, 160, 256), (3, 3, 5, 2)),
-    "MSCAN-S": ((64, 128, 320, 512), (2, 2, 4, 2)),
-    "MSCAN-B": ((64, 128, 320, 512), (3, 3, 12, 3)),
-    "MSCAN-L": ((64, 128, 320, 512), (3, 5, 27, 3)),
-}
+
+
+def mscan_variants():
+    """{"MSCAN-T": (embed_dims, depths), ...} from jseg.models.mscan.MSCAN_SETTINGS."""
+    from jseg.models.mscan import MSCAN_SETTINGS  # imports Jittor: only when naming a model
+    return {f"MSCAN-{k.upper()}": (tuple(v["embed_dims"]), tuple(v["depths"]))
+            for k, v in MSCAN_SETTINGS.items()}
 
 
 def is_our_key(key):
@@ -319,7 +320,7 @@ def describe_architecture(state):
     """One line naming the variant and head of a state dict in our layout (values may
     be arrays or shape tuples)."""
     embed_dims, depths, hidden, head = _architecture(state)
-    name = next((n for n, v in MSCAN_VARIANTS.items() if v == (embed_dims, depths)),
+    name = next((n for n, v in mscan_variants().items() if v == (embed_dims, depths)),
                 "custom MSCAN")
     text = f"{name} (embed_dims {embed_dims}, depths {depths})"
     if head is None:

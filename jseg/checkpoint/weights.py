@@ -9,6 +9,9 @@ import re
 
 import numpy as np
 
+from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
+from .writer import save_checkpoint_file
+
 __all__ = ["WeightsMismatchError", "load_state_dict", "load_weights", "read_checkpoint",
            "read_training_checkpoint", "write_checkpoint", "find_checkpoints", "checkpoint_name",
            "checkpoint_iteration"]
@@ -94,8 +97,6 @@ def read_checkpoint(path, full=False):
     `state_dict` is the flat name -> array dict (from `state_dict`, `model` or a flat file);
     the whole object is returned too when full=True (training checkpoints hold more).
     """
-    from jseg.utils.safe_pickle import load_checkpoint_file, unwrap_state_dict
-
     obj = load_checkpoint_file(path)
     state_dict, _ = unwrap_state_dict(obj)
     return state_dict, (obj if full else None)
@@ -108,8 +109,6 @@ def read_training_checkpoint(path, model):
     AdamW moments for every trainable parameter with the parameter's shape), not a weights
     file (those go to --load-from); raises CheckpointError saying which.
     """
-    from jseg.utils.safe_pickle import CheckpointError
-
     state_dict, ckpt = read_checkpoint(path, full=True)
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
     optim = ckpt.get("optimizer") if isinstance(ckpt, dict) else None
@@ -137,8 +136,6 @@ def read_training_checkpoint(path, model):
 
 def write_checkpoint(path, obj):
     """Write `obj` (plain data and numpy arrays) atomically in our checkpoint format."""
-    from jseg.utils.atomic import save_checkpoint_file
-
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_checkpoint_file(path, obj)
 

@@ -1,0 +1,22 @@
+"""Checkpoints: reading them safely, loading weights strictly, writing them atomically,
+and converting the PyTorch and JSeg layouts to ours.
+
+    safe_pickle   read torch zip / legacy / pickle files without torch and without running
+                  code from them (an allow-list of globals)
+    writer        our format (a pickle + SHA1 + Jittor's magic), written atomically
+    weights       load_state_dict (strict, finite floats only), training checkpoints,
+                  checkpoint names
+    mapping       the SegNeXt layouts (mmseg 1.x, official, JSeg, ImageNet MSCAN): rename
+                  tables, drop lists, key patterns and shapes
+    convert       one source checkpoint -> our format (weights_convert/convert.py's engine)
+"""
+from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
+from .weights import (WeightsMismatchError, checkpoint_iteration, checkpoint_name,
+                      find_checkpoints, load_state_dict, load_weights, read_checkpoint,
+                      read_training_checkpoint, write_checkpoint)
+from .writer import save_checkpoint_file
+
+__all__ = ["CheckpointError", "WeightsMismatchError", "load_checkpoint_file", "unwrap_state_dict",
+           "save_checkpoint_file", "load_state_dict", "load_weights", "read_checkpoint",
+           "read_training_checkpoint", "write_checkpoint", "find_checkpoints", "checkpoint_name",
+           "checkpoint_iteration"]
