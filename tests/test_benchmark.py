@@ -1,4 +1,4 @@
-"""Speed benchmark (jseg.utils.benchmark) and tools/benchmark.py.
+"""Speed benchmark (jseg.diagnostics.benchmark) and tools/benchmark.py.
 
 The tiny demo model (conftest.TINY_OVERRIDES) at 48x64, 1 warm-up and 2 timed iterations:
 the numbers mean nothing here, only that every field is there and positive. The comparison
@@ -17,8 +17,8 @@ import pytest
 
 from conftest import DEMO_CONFIG, TINY_OVERRIDES
 from jseg.config import load_config
-from jseg.utils import benchmark
-from jseg.utils.benchmark import BenchmarkError, format_report, run_benchmark, summarize
+from jseg.diagnostics import benchmark
+from jseg.diagnostics.benchmark import BenchmarkError, format_report, run_benchmark, summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "benchmark.py")

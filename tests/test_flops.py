@@ -1,4 +1,4 @@
-"""Parameter and MAC counting (jseg.utils.flops) and tools/get_flops.py.
+"""Parameter and MAC counting (jseg.diagnostics.flops) and tools/get_flops.py.
 
 MAC targets: an analytic count from the layer shapes (conv + NMF matmuls, 7 eval steps). It
 uses the official md_r (16 for T/S, 64 for B/L) and, at 2048x1024, the 19 Cityscapes classes.
@@ -14,7 +14,7 @@ from jittor import nn
 
 from jseg.models import build_model
 from jseg.models.ham_head import NMF2D
-from jseg.utils.flops import count_macs, count_parameters, model_complexity, nmf_macs
+from jseg.diagnostics.flops import count_macs, count_parameters, model_complexity, nmf_macs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 0.03

@@ -72,7 +72,7 @@ def test_table_lists_every_class():
 
 def test_equal_to_mmseg_iou_metric():
     """Same predictions and labels through mmseg 1.x's IoUMetric (reference stack only)."""
-    from jseg.utils.parity import ReferenceUnavailable, import_reference
+    from jseg.diagnostics.parity import ReferenceUnavailable, import_reference
     try:
         ref = import_reference()
     except ReferenceUnavailable as e:

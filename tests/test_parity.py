@@ -1,10 +1,10 @@
-"""Numerical parity with mmsegmentation 1.2.2's SegNeXt (PyTorch), through jseg.utils.parity.
+"""Numerical parity with mmsegmentation 1.2.2's SegNeXt (PyTorch), through jseg.diagnostics.parity.
 
 Random weights are made by mmseg itself (its init, then every parameter perturbed with
 seeded noise so that biases, norms and layer scales matter, and BN running statistics
 calibrated on a 64x64 input and perturbed; see parity.randomize_reference_), saved with torch
 in mmengine's checkpoint layout, loaded by mmseg with torch and by us through weights_convert.
-NMF bases are pinned to the same arrays on both sides (see jseg.utils.parity). MSCAN-B/L run
+NMF bases are pinned to the same arrays on both sides (see jseg.diagnostics.parity). MSCAN-B/L run
 at 64x64 only: with random weights their 12/27-block third stage stays finite at the
 calibration size, while at 75x53 MSCAN-L's residual stream overflows (in mmseg too).
 
@@ -13,7 +13,7 @@ within rounding distance of 0 (checked: `relu_flips`); at such a kink the two fr
 float32 gradients legitimately differ (seen: one element moved SegNeXt-S's upstream gradients
 by 1.7e-3 while everything else agreed to 2e-5).
 
-Tolerances (jseg.utils.parity.TOLERANCES), each measured error printed:
+Tolerances (jseg.diagnostics.parity.TOLERANCES), each measured error printed:
 - eval logits and every backbone stage: max|ours - ref| / max|ref| <= 1e-4; argmax pixel
   agreement >= 99.9%;
 - one training step: loss within 1e-4 relative; each parameter's gradient within 1e-3
@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:  # tools/ and weights_convert/ are top-level folde
 
 import jseg  # noqa: E402,F401  (configures Jittor before anything imports it)
 from jseg.config import load_config  # noqa: E402
-from jseg.utils import parity  # noqa: E402
+from jseg.diagnostics import parity  # noqa: E402
 
 TOOL = ROOT / "tools" / "parity.py"
 TOL = parity.TOLERANCES

@@ -402,7 +402,7 @@ def test_against_mmcv_if_installed():
 
 
 def test_against_mmseg_if_installed():
-    from jseg.utils.parity import ReferenceUnavailable, import_reference
+    from jseg.diagnostics.parity import ReferenceUnavailable, import_reference
     try:
         import_reference()  # mmseg needs a stand-in for mmcv-lite's missing compiled ops
     except ReferenceUnavailable as e:

@@ -19,7 +19,7 @@ Printed: median, IQR and min - max of the timed iterations, images per second, p
 OpenMP) and torch.set_num_threads(T); default: OMP_NUM_THREADS, else every CPU this process
 may use. --vs-torch builds mmseg 1.2.2's model of the same config with the same weights in a
 child process and alternates rounds with Jittor; it prints Jittor time / PyTorch time.
-Needs the reference: pip install -e .[parity]. Details: jseg/utils/benchmark.py.
+Needs the reference: pip install -e .[parity]. Details: jseg/diagnostics/benchmark.py.
 Exit codes: 0 done, 1 bad input or no reference installed.
 """
 import os
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.config import load_config  # noqa: E402  (jseg configures Jittor; no Jittor yet)
-from jseg.utils.benchmark import (MODES, VS_TORCH_HINT, check_settings,  # noqa: E402
+from jseg.diagnostics.benchmark import (MODES, VS_TORCH_HINT, check_settings,  # noqa: E402
                                   format_report, run_benchmark, torch_available)
 
 

@@ -5,7 +5,7 @@ examples:
   python tools/get_flops.py --config-file configs/segnext/segnext_mscan-t_cityscapes-1024x1024.yaml --shape 1024 2048
 
 MACs count convolutions and the decode head's NMF matmuls (at eval steps), as the SegNeXt
-paper's "FLOPs" do (see jseg/utils/flops.py). The model is only built and traced, never run,
+paper's "FLOPs" do (see jseg/diagnostics/flops.py). The model is only built and traced, never run,
 so this takes seconds even for MSCAN-L at 2048x1024.
 """
 import os
@@ -41,7 +41,7 @@ def main(argv=None):
         return 1
 
     from jseg.models import build_model
-    from jseg.utils.flops import model_complexity
+    from jseg.diagnostics.flops import model_complexity
 
     try:
         model = build_model(cfg["model"])

@@ -87,7 +87,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    from jseg.utils import parity
+    from jseg.diagnostics import parity
 
     try:
         ref = parity.import_reference()

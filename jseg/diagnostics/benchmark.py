@@ -24,31 +24,19 @@ run on one core whatever the number. torch gets OMP_NUM_THREADS in its environme
 may run on. The report shows the count read back from each runtime.
 
 The PyTorch side (`vs_torch=True`) is mmseg's EncoderDecoder built from the same config
-(`jseg.utils.parity.mmseg_model_dict`) with our weights copied into it (our key names are
+(`jseg.diagnostics.parity.mmseg_model_dict`) with our weights copied into it (our key names are
 mmseg 1.x's, minus `num_batches_tracked`), fed the same arrays; torch.optim.AdamW with one
 parameter group for training. Both models draw their own random NMF bases every forward,
 as upstream does. It runs in a child process (same Python) that answers one iteration per
 request over a pipe, and rounds alternate: J T, T J, J T, ... (the order flips every round,
 so slow drifts of machine load hit both alike). torch and Jittor can share a process
-(jseg.utils.parity does), but a child gives each framework its own peak RSS and keeps their
+(jseg.diagnostics.parity does), but a child gives each framework its own peak RSS and keeps their
 two OpenMP runtimes (the system's libgomp, torch's bundled one) in separate processes.
 For the same reason jseg starts Jittor with FIX_TORCH_ERROR=0 (`jseg.utils.env`): otherwise
 `import jittor` imports torch whenever it is installed. The ratio printed is Jittor's median
 time / torch's median time. CPU only: the parity extra installs torch's CPU build.
 
-Pipe protocol: the parent writes one JSON object per line to the child's stdin, the child
-answers one JSON line on its stdout (its other output goes to stderr):
-  (on start)                                    -> {"ready": versions}
-  {"cmd": "setup", "model": ..., "mode": ..., "weights": npz, "inputs": npz, ...}
-                                                -> {"ok": true, "params": n,
-                                                    "torch_threads": n}
-  {"cmd": "step"}                               -> {"seconds": t}   (timed in the child)
-  {"cmd": "finite"}                             -> {"finite": bool}     (last output)
-  {"cmd": "memory"}                             -> {"mb": m, "kind": "..."}
-  {"cmd": "quit"} or end of input               -> exits
-A failure answers {"error": "...", "known": bool} and exits; "known" errors (a missing
-package, a setting mmseg cannot express) become one line, others come with the child's
-traceback.
+The child's side and its pipe protocol: jseg.diagnostics.torch_worker.
 """
 import ctypes
 import json
@@ -256,7 +244,7 @@ class TorchProcess:
         self._tmp = tempfile.TemporaryDirectory(prefix="jseg-benchmark-")
         self._stderr = open(os.path.join(self._tmp.name, "worker.log"), "w+", encoding="utf-8")
         code = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
-                "from jseg.utils.benchmark import _torch_worker; _torch_worker()")
+                "from jseg.diagnostics.torch_worker import main; main()")
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env,
                                      text=True, bufsize=1)
@@ -343,123 +331,6 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-class _TorchBench:
-    """The child's model: mmseg's EncoderDecoder with the parent's weights, on CPU."""
-
-    def __init__(self, ref, request):
-        from jseg.utils import parity
-
-        torch = self.torch = ref.torch
-        torch.set_num_threads(int(request["threads"]))
-        self.mode = request["mode"]
-        try:
-            model = parity.build_reference_model(ref, request["model"])
-        except ValueError as e:
-            raise BenchmarkError(f"cannot build mmseg's model of this config: {e}") from None
-        with np.load(request["weights"]) as f:
-            state = {k: torch.from_numpy(f[k]) for k in f.files}
-        own = model.state_dict()
-        missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-        unexpected = [k for k in state if k not in own]
-        misshaped = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or misshaped:
-            raise BenchmarkError(f"our weights do not fit mmseg's model: missing {missing[:3]}, "
-                                 f"unexpected {unexpected[:3]}, misshaped {misshaped[:3]}")
-        model.load_state_dict(state, strict=False)
-        self.model = model
-        with np.load(request["inputs"]) as f:
-            self.img = torch.from_numpy(f["img"])
-            label = torch.from_numpy(f["label"].astype(np.int64))
-        batch, _, height, width = self.img.shape
-        shape = (height, width)
-        meta = dict(ori_shape=shape, img_shape=shape, pad_shape=shape, padding_size=[0, 0, 0, 0])
-        self.metas = [dict(meta) for _ in range(batch)]
-        self.samples = []
-        for i in range(batch):
-            sample = ref.SegDataSample(metainfo=dict(meta))
-            sample.gt_sem_seg = ref.PixelData(data=label[i][None])
-            self.samples.append(sample)
-        self.optimizer = None
-        if self.mode == "train":
-            opt = request["optimizer"]
-            self.model.train()
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt["lr"],
-                                               betas=tuple(opt["betas"]), eps=opt["eps"],
-                                               weight_decay=opt["weight_decay"])
-        else:
-            self.model.eval()
-        self.params = sum(p.numel() for p in self.model.parameters())
-        self._last = None
-
-    def step(self):
-        torch = self.torch
-        if self.mode == "infer":
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                out = self.model.inference(self.img, self.metas)
-                elapsed = time.perf_counter() - t0
-        else:
-            t0 = time.perf_counter()
-            self.optimizer.zero_grad(set_to_none=True)
-            losses = self.model.loss(self.img, self.samples)
-            out = sum(v for k, v in losses.items() if "loss" in k)
-            out.backward()
-            self.optimizer.step()
-            elapsed = time.perf_counter() - t0
-        self._last = out.detach()
-        return elapsed
-
-    def finite(self):
-        return bool(self.torch.isfinite(self._last).all())
-
-    def memory(self):
-        return _peak_rss_mb(), "CPU, peak RSS"
-
-
-def _torch_worker():
-    """Entry point of the child process: answer the parent's requests (see the docstring)."""
-    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-    os.dup2(2, 1)  # anything printed by torch / mmseg goes to stderr, not into the protocol
-    sys.stdout = sys.stderr
-
-    def send(**reply):
-        proto.write(json.dumps(reply) + "\n")
-        proto.flush()
-
-    try:
-        from jseg.utils import parity
-        from jseg.utils.env import restore_openmp_defaults
-        restore_openmp_defaults()  # torch runs with its own OpenMP defaults
-        ref = parity.import_reference()
-        send(ready={"torch": ref.torch.__version__, "mmseg": ref.mmseg_version})
-        bench = None
-        for line in sys.stdin:
-            request = json.loads(line)
-            cmd = request.get("cmd")
-            if cmd == "setup":
-                bench = _TorchBench(ref, request)
-                send(ok=True, params=bench.params, torch_threads=ref.torch.get_num_threads())
-            elif cmd == "step":
-                send(seconds=bench.step())
-            elif cmd == "finite":
-                send(finite=bench.finite())
-            elif cmd == "memory":
-                mb, kind = bench.memory()
-                send(mb=mb, kind=kind)
-            elif cmd == "quit":
-                break
-            else:
-                raise RuntimeError(f"unknown request {cmd!r}")
-    except (ImportError, ValueError) as e:  # ReferenceUnavailable, BenchmarkError
-        send(error=str(e), known=True)
-        sys.exit(1)
-    except Exception as e:
-        import traceback
-        traceback.print_exc()
-        send(error=f"{type(e).__name__}: {e}", known=False)
-        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------
