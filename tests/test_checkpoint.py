@@ -50,7 +50,7 @@ def test_fp16_weights_load(model):
 def test_resume_needs_a_training_checkpoint(model, tmp_path):
     path = str(tmp_path / "converted.pkl")
     write_checkpoint(path, {"state_dict": weights(model)})
-    with pytest.raises(CheckpointError, match="is not a training checkpoint.*--load-from"):
+    with pytest.raises(CheckpointError, match="is not a training checkpoint.*load_from"):
         read_training_checkpoint(path, model)
 
 

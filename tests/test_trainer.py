@@ -109,7 +109,7 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_checkpoints(demo_root, tmp_
 
 @pytest.mark.parametrize("case", ["missing_config", "bad_override", "missing_weights",
                                   "corrupt_weights", "class_mismatch", "resume_nothing",
-                                  "readonly_work_dir", "amp_on_cpu"])
+                                  "readonly_work_dir", "amp_on_cpu", "label_ids_not_cityscapes"])
 def test_bad_input_gives_one_line_and_exit_1(case, demo_root, straight_run, tmp_path):
     cfg = DEMO_CONFIG
     weights = os.path.join(straight_run, "checkpoints", "iter_00000004.pkl")
@@ -131,6 +131,10 @@ def test_bad_input_gives_one_line_and_exit_1(case, demo_root, straight_run, tmp_
     elif case == "resume_nothing":
         args = base + ["--task", "train", "--resume", "auto", "--work-dir", str(tmp_path)]
         needle = "no checkpoint in"
+    elif case == "label_ids_not_cityscapes":
+        args = base + ["--task", "test", "--load-from", weights, "--label-ids",
+                       "--save-dir", str(tmp_path)]
+        needle = "label ids are for datasets"
     elif case == "amp_on_cpu":
         args = base + ["--task", "train", "--work-dir", str(tmp_path), "train.amp=true"]
         needle = "train.amp=true needs a CUDA GPU"
@@ -182,13 +186,14 @@ def test_two_mpi_ranks_equal_one_process(demo_root, tmp_path):
 
 def test_cityscapes_label_ids_for_the_evaluation_server(demo_root, tmp_path):
     import cv2
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from run_net import CITYSCAPES_LABEL_IDS, _writer
+    from jseg.data.datasets import DATASETS
+    from jseg.engine.evaluator import prediction_writer
+    CITYSCAPES_LABEL_IDS = DATASETS["cityscapes"].label_ids
     cfg = load_config(os.path.join(ROOT, "configs/segnext/segnext_mscan-t_cityscapes-1024x1024.yaml"))
     img_path = os.path.join(demo_root, "images", "validation", "demo_00000.jpg")
     h, w = cv2.imread(img_path).shape[:2]
     pred = (np.arange(h * w).reshape(h, w) % 19).astype(np.int64)
-    _writer(cfg, str(tmp_path), label_ids=True)({"img_path": img_path}, pred)
+    prediction_writer(cfg, str(tmp_path), label_ids=True)({"img_path": img_path}, pred)
     written = cv2.imread(str(tmp_path / "demo_00000.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(written, np.array(CITYSCAPES_LABEL_IDS, np.uint8)[pred])
     assert written[0, 0] == 7 and written[0, 18] == 33  # road, bicycle

@@ -94,7 +94,7 @@ def test_a_new_run_never_deletes_or_overwrites_another_runs_checkpoints(demo_roo
     assert sorted(before) == ["iter_00000004.pkl", "iter_00000005.pkl", "iter_00000006.pkl"]
     out = run_net(*train_args(demo_root, work, 3), expect=1)
     line = error_line(out)
-    assert "already holds 3 checkpoint(s)" in line and "--resume auto" in line, line
+    assert "already holds 3 checkpoint(s)" in line and "resume=auto" in line, line
     assert digests(work) == before
     # continuing the run is what --resume auto is for; it prunes only its own lineage
     run_net(*train_args(demo_root, work, 8), "--resume", "auto")
@@ -265,7 +265,7 @@ def test_bad_resume_is_one_line(case, demo_root, six_iterations, tmp_path):
     elif case == "past_max_iters":
         path, needle, work = last, "nothing to train", six_iterations
     else:
-        path, needle = last, "--load-from cannot be used with it"
+        path, needle = last, "load_from cannot be given with it"
         extra = ["--load-from", last]
     before = digests(six_iterations)
     out = run_net(*train_args(demo_root, work, 3), "--resume", path, *extra, expect=1)

@@ -13,6 +13,10 @@ examples:
   python tools/run_net.py --config-file C --task test --load-from W --save-dir results/
   # several processes (data parallel, synchronised BatchNorm):
   mpirun -np 2 python tools/run_net.py --config-file C --task train
+
+Messages of the training and evaluation engine name its settings: resume=auto is
+--resume auto, load_from is --load-from, work_dir is --work-dir (or the override
+work_dir=DIR), seed is --seed (or seed=N).
 """
 import logging
 import os
@@ -48,48 +52,6 @@ def parse_args(argv=None):
     return parser.parse_intermixed_args(argv)  # KEY=VALUE may stand between options
 
 
-def _weights_for_eval(args, cfg):
-    path = args.load_from or args.resume
-    if path == "auto":
-        from jseg.checkpoint import find_checkpoints
-        found = find_checkpoints(os.path.join(cfg.work_dir, "checkpoints"))
-        if not found:
-            raise FileNotFoundError(f"--resume auto: no checkpoint in {cfg.work_dir}/checkpoints")
-        path = found[-1]
-    if path is None:
-        raise FileNotFoundError(f"--task {args.task} needs weights: pass --load-from WEIGHTS")
-    return path
-
-
-# Cityscapes train id -> label id (the official evaluation server expects label ids).
-CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-
-
-def _writer(cfg, save_dir, label_ids=False):
-    """on_prediction callback writing <stem>.png (class ids) and overlay/<stem>.jpg.
-
-    label_ids (Cityscapes): the PNGs hold label ids instead of train ids.
-    """
-    import numpy as np
-    from jseg.apis import show_result
-    from jseg.data.datasets import dataset_settings
-    from jseg.utils.atomic import write_image
-
-    palette = dataset_settings(cfg.data)["palette"]
-    os.makedirs(os.path.join(save_dir, "overlay"), exist_ok=True)
-
-    lut = np.array(CITYSCAPES_LABEL_IDS, np.uint8) if label_ids else None
-
-    def write(item, pred):
-        stem = os.path.splitext(os.path.basename(item["img_path"]))[0]
-        ids = lut[pred] if lut is not None else pred.astype(np.uint8)
-        write_image(os.path.join(save_dir, f"{stem}.png"), ids)  # atomic: never a partial PNG
-        show_result(item["img_path"], {"pred": pred}, palette, legend=False,
-                    out_file=os.path.join(save_dir, "overlay", f"{stem}.jpg"))
-
-    return write
-
-
 def run(args):
     from jseg.utils.logging import setup_logging
 
@@ -103,7 +65,6 @@ def run(args):
     import signal
 
     import jittor as jt
-    from jseg.models import build_model
     from jseg.utils.env import init_device
 
     # Jittor installs a SIGINT handler that exits at once; Python's own turns Ctrl-C into
@@ -121,44 +82,21 @@ def run(args):
         os.makedirs(cfg.work_dir, exist_ok=True)
         if not os.access(cfg.work_dir, os.W_OK):
             raise PermissionError(f"work dir {cfg.work_dir} is not writable; pass --work-dir")
-        seed = args.seed if args.seed is not None else cfg.seed
-        if seed is not None:  # weight initialisation, the same on every rank
-            jt.set_global_seed(seed, different_seed_for_mpi=False)
-        model = build_model(cfg.model)
-        train(cfg, model, resume=args.resume, load_from=args.load_from, seed=args.seed,
+        train(cfg, resume=args.resume, load_from=args.load_from, seed=args.seed,
               progress=not args.no_progress)
         logger.info("done; checkpoints, logs and metrics are in %s", cfg.work_dir)
         return 0
 
-    from jseg.data.loader import build_val_loader
-    from jseg.checkpoint import load_weights
-    from jseg.engine.trainer import run_evaluation
+    from jseg.engine.evaluator import evaluate_weights
 
-    labelled = cfg.data.val.ann_dir is not None
-    if args.task == "val" and not labelled:
-        raise ConfigError("--task val computes metrics and needs label maps, but data.val.ann_dir "
-                          "is null; use --task test to write predictions for unlabelled images")
-    weights = _weights_for_eval(args, cfg)
-    model = build_model(cfg.model)
-    load_weights(model, weights, strict=True)
-    seed = args.seed if args.seed is not None else (cfg.seed if cfg.seed is not None else 0)
-    jt.set_global_seed(seed)  # NMF bases: the same seed (and process count) gives the same numbers
-    rank, world = (jt.rank, jt.world_size) if jt.in_mpi else (0, 1)
-    loader = build_val_loader(cfg, tta=args.tta, rank=rank, world_size=world)
-    on_prediction = None
+    save_dir = None
     if args.task == "test":
         save_dir = args.save_dir or os.path.join(cfg.work_dir, "predictions")
-        if args.label_ids and cfg.data.type != "cityscapes":
-            raise ConfigError(f"--label-ids is for Cityscapes; this config's data.type is "
-                              f"{cfg.data.type!r}")
-        on_prediction = _writer(cfg, save_dir, label_ids=args.label_ids)
-    logger.info("evaluating %s (seed %d%s)", weights, seed, ", multi-scale + flip" if args.tta else "")
-    result = run_evaluation(cfg, model, loader, progress=not args.no_progress,
-                            on_prediction=on_prediction)
-    if args.task == "test":
-        logger.info("label maps and overlays written to %s", save_dir)
+    result, count = evaluate_weights(
+        cfg, args.load_from or args.resume, save_dir=save_dir, metrics=args.task == "val",
+        tta=args.tta, seed=args.seed, label_ids=args.label_ids, progress=not args.no_progress)
     if result is None:
-        print(f"{len(loader)} label maps written to {save_dir} (no labels, no metrics)")
+        print(f"{count} label maps written to {save_dir} (no labels, no metrics)")
     else:
         print(f"aAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}")
     return 0
@@ -166,16 +104,16 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from jseg.checkpoint import CheckpointError, WeightsMismatchError
     from jseg.data.datasets import DataError
-    from jseg.checkpoint import WeightsMismatchError
+    from jseg.engine.evaluator import EvaluationError
     from jseg.engine.trainer import TrainingError
     from jseg.engine.workdir import WorkDirError
-    from jseg.checkpoint.safe_pickle import CheckpointError
 
     try:
         return run(args)
     except (ConfigError, DataError, WeightsMismatchError, CheckpointError, TrainingError,
-            WorkDirError, OSError) as e:  # OSError: e.g. a full disk (writes are atomic)
+            EvaluationError, WorkDirError, OSError) as e:  # OSError: e.g. a full disk
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,12 +11,12 @@ and converting the PyTorch and JSeg layouts to ours.
     convert       one source checkpoint -> our format (weights_convert/convert.py's engine)
 """
 from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
-from .weights import (WeightsMismatchError, checkpoint_iteration, checkpoint_name,
-                      find_checkpoints, load_state_dict, load_weights, read_checkpoint,
-                      read_training_checkpoint, write_checkpoint)
+from .weights import (WeightsMismatchError, check_optimizer_state, checkpoint_iteration,
+                      checkpoint_name, find_checkpoints, load_state_dict, load_weights,
+                      read_checkpoint, read_training_checkpoint, write_checkpoint)
 from .writer import save_checkpoint_file
 
 __all__ = ["CheckpointError", "WeightsMismatchError", "load_checkpoint_file", "unwrap_state_dict",
            "save_checkpoint_file", "load_state_dict", "load_weights", "read_checkpoint",
-           "read_training_checkpoint", "write_checkpoint", "find_checkpoints", "checkpoint_name",
+           "read_training_checkpoint", "check_optimizer_state", "write_checkpoint", "find_checkpoints", "checkpoint_name",
            "checkpoint_iteration"]

@@ -13,8 +13,8 @@ from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dic
 from .writer import save_checkpoint_file
 
 __all__ = ["WeightsMismatchError", "load_state_dict", "load_weights", "read_checkpoint",
-           "read_training_checkpoint", "write_checkpoint", "find_checkpoints", "checkpoint_name",
-           "checkpoint_iteration"]
+           "read_training_checkpoint", "check_optimizer_state", "write_checkpoint",
+           "find_checkpoints", "checkpoint_name", "checkpoint_iteration"]
 
 
 class WeightsMismatchError(ValueError):
@@ -102,12 +102,12 @@ def read_checkpoint(path, full=False):
     return state_dict, (obj if full else None)
 
 
-def read_training_checkpoint(path, model):
-    """Read a checkpoint to resume training of `model`: (state_dict, whole object).
+def read_training_checkpoint(path, model=None):
+    """Read a checkpoint to resume training: (state_dict, whole object).
 
     Checks, before anything is loaded, that it is a training checkpoint (iteration, seed,
-    AdamW moments for every trainable parameter with the parameter's shape), not a weights
-    file (those go to --load-from); raises CheckpointError saying which.
+    AdamW moments), not a weights file (those are a new run's load_from); with `model`,
+    also that the moments have the shapes of its parameters. Raises CheckpointError.
     """
     state_dict, ckpt = read_checkpoint(path, full=True)
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
@@ -119,7 +119,15 @@ def read_training_checkpoint(path, model):
         raise CheckpointError(
             f"{path} is not a training checkpoint (it has no iteration, seed and optimizer "
             "state; weights converted by weights_convert or saved by other tools hold weights "
-            "only): to start a new run from its weights, use --load-from instead of --resume")
+            "only): start a new run from its weights with load_from instead of resume")
+    if model is not None:
+        check_optimizer_state(ckpt, model, path)
+    return state_dict, ckpt
+
+
+def check_optimizer_state(ckpt, model, path):
+    """The AdamW moments of training checkpoint `ckpt` fit `model`'s parameters."""
+    optim = ckpt["optimizer"]
     own = model.state_dict()
     for kind in ("m", "v"):
         bad = {k: np.shape(v) for k, v in optim[kind].items()
@@ -131,7 +139,6 @@ def read_training_checkpoint(path, model):
                                                   else " (not in the model)")
                             for k, s in sorted(bad.items())[:4])
                 + "; resume with the config it was trained with")
-    return state_dict, ckpt
 
 
 def write_checkpoint(path, obj):

@@ -57,6 +57,8 @@ class DatasetInfo:
     seg_map_suffix: str
     reduce_zero_label: bool
     hint: str  # how to obtain the data, shown when the data root is missing
+    # the id the dataset's own evaluation expects for each class (None: the class ids)
+    label_ids: tuple = None
 
 
 DATASETS = {
@@ -65,7 +67,10 @@ DATASETS = {
     "cityscapes": DatasetInfo(CLASSES["cityscapes"], PALETTES["cityscapes"],
                               "_leftImg8bit.png", "_gtFine_labelTrainIds.png", False,
                               "unpack leftImg8bit and gtFine, then run "
-                              "python tools/dataset_converters/cityscapes.py data/cityscapes"),
+                              "python tools/dataset_converters/cityscapes.py data/cityscapes",
+                              # train id -> label id, what the official evaluation server reads
+                              label_ids=(7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26,
+                                         27, 28, 31, 32, 33)),
     "voc_aug": DatasetInfo(CLASSES["voc_aug"], PALETTES["voc_aug"], ".jpg", ".png", False,
                            "unpack VOC2012 and SBD, then run python "
                            "tools/dataset_converters/voc_aug.py DEVKIT_PATH AUG_PATH"),

@@ -15,19 +15,31 @@ same), and several views add their softmax into one (classes, H, W) sum, one
 view at a time (the sum and one view's probabilities are the largest arrays).
 """
 import logging
+import os
 import time
 
 import jittor as jt
 import numpy as np
 from tqdm import tqdm
 
+from jseg.checkpoint import load_weights
+from jseg.data.datasets import DATASETS, dataset_settings, read_image
+from jseg.data.loader import build_val_loader
+from jseg.data.palettes import overlay
 from jseg.data.transforms import restore_prediction
+from jseg.utils.atomic import write_image
 
-from .metrics import IoUAccumulator
+from .metrics import IoUAccumulator, format_table
+from .workdir import WorkDir
 
-__all__ = ["predict_image", "evaluate"]
+__all__ = ["EvaluationError", "predict_image", "evaluate", "run_evaluation",
+           "prediction_writer", "evaluate_weights"]
 
 logger = logging.getLogger(__name__)
+
+
+class EvaluationError(ValueError):
+    """Evaluation cannot run as asked (e.g. metrics without labels); the message says why."""
 
 _CHUNK_ELEMENTS = 2 ** 24  # restored scores per chunk (64 MB in float32)
 
@@ -128,3 +140,87 @@ def evaluate(model, loader, num_classes, ignore_index=255, on_prediction=None, p
         acc.areas = jt.array(acc.areas.astype(np.float64)).mpi_all_reduce("add").numpy() \
             .round().astype(np.int64)
     return acc, time.time() - start
+
+
+def run_evaluation(cfg, model, loader, run_log=None, iteration=None, progress=True,
+                   on_prediction=None):
+    """Evaluate on `loader`, log the per-class table and the summary; returns the result dict,
+    or None when the split has no labels (predictions only, through `on_prediction`).
+    run_log: the trainer's log, which records the result as a metrics line."""
+    head = cfg.model.decode_head
+    labelled = cfg.data.val.get("ann_dir") is not None
+    acc, seconds = evaluate(model, loader, head.num_classes, head.ignore_index,
+                            on_prediction=on_prediction, progress=progress, labelled=labelled)
+    if acc is None:
+        logger.info("predicted %d unlabelled images (%.1fs)", len(loader), seconds)
+        return None
+    result = acc.compute()
+    classes = dataset_settings(cfg.data)["classes"]
+    logger.info("evaluation%s on %d images (%.1fs):\n%s",
+                f" at iteration {iteration}" if iteration else "", len(loader), seconds,
+                format_table(result, classes))
+    if run_log is not None:
+        run_log.record(mode="val", iter=iteration, aAcc=result["aAcc"], mIoU=result["mIoU"],
+                       mAcc=result["mAcc"],
+                       IoU={c: (None if np.isnan(v) else float(v))
+                            for c, v in zip(classes, result["IoU"])})
+    return result
+
+
+def prediction_writer(cfg, save_dir, label_ids=False):
+    """on_prediction callback writing <stem>.png (class ids) and overlay/<stem>.jpg.
+
+    label_ids: the PNGs hold the ids the dataset's official evaluation expects (Cityscapes'
+    label ids) instead of the class (train) ids. Both files are written atomically.
+    """
+    lut = DATASETS[cfg.data.type].label_ids if cfg.data.type in DATASETS else None
+    if label_ids and lut is None:
+        raise EvaluationError(f"label ids are for datasets whose evaluation server reads "
+                              f"other ids than the classes' (cityscapes); this config's "
+                              f"data.type is {cfg.data.type!r}")
+    lut = np.array(lut, np.uint8) if label_ids else None
+    palette = dataset_settings(cfg.data)["palette"]
+    os.makedirs(os.path.join(save_dir, "overlay"), exist_ok=True)
+
+    def write(item, pred):
+        stem = os.path.splitext(os.path.basename(item["img_path"]))[0]
+        write_image(os.path.join(save_dir, f"{stem}.png"),
+                    lut[pred] if lut is not None else pred.astype(np.uint8))
+        drawn = overlay(read_image(item["img_path"], to_rgb=True), pred, palette, 0.5)
+        write_image(os.path.join(save_dir, "overlay", f"{stem}.jpg"), drawn[:, :, ::-1])
+
+    return write
+
+
+def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, seed=None,
+                     label_ids=False, progress=True):
+    """Evaluate and / or predict the validation split of `cfg` with `weights`.
+
+    weights: a weights file, or "auto" (the newest checkpoint in cfg.work_dir).
+    save_dir: also write label maps and overlays there (prediction_writer).
+    metrics: the split must have labels (False: predictions of an unlabelled split too).
+    seed: of the NMF bases (default cfg.seed, else 0): the same seed and process count
+        give the same numbers.
+    Returns (result or None without labels, number of images).
+    """
+    from jseg.models import build_model
+
+    if metrics and cfg.data.val.get("ann_dir") is None:
+        raise EvaluationError("evaluation with metrics needs label maps, but data.val.ann_dir "
+                              "is null; write predictions of unlabelled images instead")
+    if weights is None:
+        raise EvaluationError("evaluation needs weights: give a weights file or 'auto'")
+    if weights == "auto":
+        weights = WorkDir(cfg.work_dir).newest_checkpoint()
+    on_prediction = prediction_writer(cfg, save_dir, label_ids) if save_dir else None
+    model = build_model(cfg.model)
+    load_weights(model, weights, strict=True)
+    seed = seed if seed is not None else (cfg.seed if cfg.seed is not None else 0)
+    jt.set_global_seed(seed)
+    rank, world = (jt.rank, jt.world_size) if jt.in_mpi else (0, 1)
+    loader = build_val_loader(cfg, tta=tta, rank=rank, world_size=world)
+    logger.info("evaluating %s (seed %d%s)", weights, seed, ", multi-scale + flip" if tta else "")
+    result = run_evaluation(cfg, model, loader, progress=progress, on_prediction=on_prediction)
+    if save_dir:
+        logger.info("label maps and overlays written to %s", save_dir)
+    return result, len(loader)

@@ -36,18 +36,18 @@ import jittor as jt
 import numpy as np
 from tqdm import tqdm
 
+from jseg.checkpoint import (check_optimizer_state, checkpoint_iteration, load_state_dict,
+                             read_checkpoint, read_training_checkpoint, write_checkpoint)
 from jseg.config import config_to_yaml, dump_config
 from jseg.data.loader import build_train_loader, build_val_loader
+from jseg.models import build_model
 
 from .amp import DynamicLossScaler, amp_scope
-from jseg.checkpoint import (checkpoint_iteration, find_checkpoints, load_state_dict,
-                         read_checkpoint, read_training_checkpoint, write_checkpoint)
-from .evaluator import evaluate
-from .metrics import format_table
+from .evaluator import run_evaluation
 from .optim import LrSchedule, build_optimizer, clip_grad_norm, initial_lrs, set_lr
 from .workdir import CheckpointKeeper, WorkDir
 
-__all__ = ["TrainingError", "train", "iteration_seed", "run_evaluation"]
+__all__ = ["TrainingError", "train", "iteration_seed"]
 
 logger = logging.getLogger("jseg")
 
@@ -227,6 +227,7 @@ def save_training_checkpoint(path, model, optimizer, iteration, seed, cfg, scale
 @dataclass
 class _Start:
     """Where a run starts: everything checked and loaded before anything is written."""
+    model: object
     start_iter: int
     seed: int
     run_id: str
@@ -237,14 +238,22 @@ class _Start:
     keeper: object  # CheckpointKeeper on rank 0, None elsewhere
 
 
-def _resolve_resume(resume, work):
-    if resume != "auto":
-        return resume
-    found = find_checkpoints(work.ckpt_dir)
-    if not found:
-        raise TrainingError(f"--resume auto: no checkpoint in {work.ckpt_dir}; "
-                            "start without --resume")
-    return found[-1]
+def _resolve_seed(seed, cfg, checkpoint, world):
+    """The run's seed, decided once: a resumed run's own, else `seed`, else cfg.seed, else a
+    random one (rank 0's under MPI), logged so that the run can be repeated."""
+    if checkpoint is not None:
+        saved = checkpoint["meta"]["seed"]
+        if seed is not None and seed != saved:
+            logger.warning("seed %d ignored: resuming the run seeded %d", seed, saved)
+        return saved
+    if seed is None:
+        seed = cfg.seed
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2 ** 31))
+        if world > 1:
+            seed = int(jt.array(np.array([seed])).mpi_broadcast(0).numpy()[0])
+        logger.info("no seed given; using seed %d (set seed=%d to repeat this run)", seed, seed)
+    return seed
 
 
 def _lineage(resume, ckpt, work):
@@ -260,15 +269,25 @@ def _lineage(resume, ckpt, work):
 
 
 def _prepare(cfg, model, work, resume, load_from, seed, is_main, world):
-    """Check and load everything the run needs; writes nothing (see the module docstring)."""
+    """Check and load everything the run needs; writes nothing (see the module docstring).
+
+    Builds the model (initialised from the run's seed, the same on every rank) unless one
+    is given."""
     max_iters = cfg.train.max_iters
-    start_iter, checkpoint, owned, run_id = 0, None, [], None
+    start_iter, checkpoint, owned = 0, None, []
     if resume is not None:
         if load_from is not None:
-            raise TrainingError("--resume continues a run with its own weights; --load-from "
-                                "cannot be used with it")
-        resume = _resolve_resume(resume, work)
-        state, checkpoint = read_training_checkpoint(resume, model)
+            raise TrainingError("resume continues a run with its own weights; load_from "
+                                "cannot be given with it")
+        if resume == "auto":
+            resume = work.newest_checkpoint()
+        state, checkpoint = read_training_checkpoint(resume)
+    seed = _resolve_seed(seed, cfg, checkpoint, world)
+    if model is None:
+        jt.set_global_seed(seed, different_seed_for_mpi=False)  # weight init, alike on every rank
+        model = build_model(cfg.model)
+    if checkpoint is not None:
+        check_optimizer_state(checkpoint, model, resume)
         start_iter = checkpoint["meta"]["iter"]
         if start_iter >= max_iters:
             raise TrainingError(
@@ -279,11 +298,6 @@ def _prepare(cfg, model, work, resume, load_from, seed, is_main, world):
             work.check_resume(start_iter)
             owned = _lineage(resume, checkpoint, work)
         load_state_dict(model, state, strict=True, source=resume)
-        saved_seed = checkpoint["meta"]["seed"]
-        if seed is not None and seed != saved_seed:
-            logger.warning("--seed %d ignored: resuming the run seeded %d", seed, saved_seed)
-        seed = saved_seed
-        run_id = checkpoint["meta"].get("run_id")
         logger.info("resumed from %s at iteration %d", resume, start_iter)
     else:
         if is_main:
@@ -294,13 +308,6 @@ def _prepare(cfg, model, work, resume, load_from, seed, is_main, world):
             state, _ = read_checkpoint(load_from)
             load_state_dict(model, state, strict=True, source=load_from)
             logger.info("weights loaded from %s", load_from)
-    if seed is None:
-        seed = cfg.seed
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2 ** 31))
-        if world > 1:
-            seed = int(jt.array(np.array([seed])).mpi_broadcast(0).numpy()[0])
-        logger.info("no seed given; using seed %d (pass --seed %d to repeat this run)", seed, seed)
 
     if world > 1:  # every rank starts from rank 0's weights, whatever its seed
         for var in model.state_dict().values():
@@ -324,16 +331,19 @@ def _prepare(cfg, model, work, resume, load_from, seed, is_main, world):
     loader = build_train_loader(cfg, seed=seed)  # lists the dataset: bad data stops us here
     keeper = CheckpointKeeper(work.ckpt_dir, cfg.train.keep_checkpoints, owned) if is_main \
         else None
-    return _Start(start_iter, seed, run_id or uuid.uuid4().hex, optimizer, schedule, scaler,
-                  loader, keeper)
+    run_id = checkpoint["meta"].get("run_id") if checkpoint is not None else None
+    return _Start(model, start_iter, seed, run_id or uuid.uuid4().hex, optimizer, schedule,
+                  scaler, loader, keeper)
 
 
-def train(cfg, model, *, resume=None, load_from=None, seed=None, progress=True):
-    """Train `model` as `cfg` says; returns the last evaluation result (or None).
+def train(cfg, model=None, *, resume=None, load_from=None, seed=None, progress=True):
+    """Train the model of `cfg` (or `model`, built by the caller); returns the last
+    evaluation result (or None).
 
     resume: a checkpoint path, "auto" (the newest in work_dir/checkpoints) or None.
     load_from: weights to start from (strict), e.g. a converted segmentor checkpoint.
-    seed: overrides cfg.seed; None and None draws one (logged and checkpointed).
+    seed: overrides cfg.seed; None and None draws one (logged and checkpointed). The model
+        is initialised from it.
     Raises TrainingError, WorkDirError (jseg.engine.workdir), CheckpointError,
     WeightsMismatchError, DataError or OSError with a message for the user.
     """
@@ -351,7 +361,7 @@ def train(cfg, model, *, resume=None, load_from=None, seed=None, progress=True):
                 dump_config(cfg, os.path.join(work.path, "config.yaml"))
             run_log.open(work.path)
             try:
-                return _train(cfg, model, start, run_log, progress, rank, world, is_main)
+                return _train(cfg, start.model, start, run_log, progress, rank, world, is_main)
             finally:
                 start.loader.close()
     finally:
@@ -383,31 +393,74 @@ def _step(model, optimizer, scaler, batch, grad_clip, world):
     return losses, loss_value
 
 
+class _Meter:
+    """The loop's measurements and log lines: a line (and a metrics.jsonl record) every
+    train.log_interval iterations and at the end, with the losses averaged over the ranks,
+    and a progress line at least every HEARTBEAT_SECONDS; both give the time left."""
+
+    def __init__(self, cfg, run_log, bar, world):
+        self.log_interval, self.max_iters = cfg.train.log_interval, cfg.train.max_iters
+        self.run_log, self.bar, self.world = run_log, bar, world
+        self.window = []  # losses since the last log line
+        self.durations = collections.deque(maxlen=20)  # recent iterations' seconds, for the eta
+        self.t_last = self.t_line = self.t_end = time.time()
+
+    def paused(self):
+        """After an evaluation: its time is not an iteration's."""
+        self.t_line = self.t_end = time.time()
+
+    def update(self, done, loss_value, losses, lr, data_time):
+        now = time.time()
+        self.bar.update(1)
+        self.window.append(loss_value)
+        self.durations.append(now - self.t_end)
+        self.t_end = now
+        eta = _eta(self.durations, self.max_iters - done)
+        if done % self.log_interval == 0 or done == self.max_iters:
+            values = {k: float(v.item()) for k, v in losses.items()}
+            if self.world > 1:
+                values = {k: float(jt.array(np.array([v])).mpi_all_reduce("mean").item())
+                          for k, v in values.items()}
+            record = {"mode": "train", "iter": done, "lr": lr, "loss": loss_value,
+                      "loss_avg": float(np.mean(self.window)), **values,
+                      "time": (now - self.t_last) / len(self.window), "data_time": data_time,
+                      "memory_mb": _memory_mb()}
+            self.t_last = self.t_line = now
+            self.window = []
+            self.run_log.record(**record)
+            logger.info("iter %d/%d lr %.3e loss %.4f (avg %.4f) %s time %.3fs data %.3fs "
+                        "mem %dMB eta %s", done, self.max_iters, lr, loss_value,
+                        record["loss_avg"], " ".join(f"{k} {v:.4f}" for k, v in values.items()),
+                        record["time"], data_time, record["memory_mb"], eta)
+            self.bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
+        elif now - self.t_line >= HEARTBEAT_SECONDS:  # slow iterations: still say where we are
+            self.t_line = now
+            logger.info("iter %d/%d loss %.4f, last iteration %.2fs, eta %s", done,
+                        self.max_iters, loss_value, self.durations[-1], eta)
+
+
 def _train(cfg, model, s, run_log, progress, rank, world, is_main):
-    train_cfg = cfg.train
-    max_iters = train_cfg.max_iters
+    """The loop: a step per iteration, then logging, checkpoints and evaluation when due."""
+    max_iters, train_cfg = cfg.train.max_iters, cfg.train
     evaluate_at_all = cfg.data.val.get("ann_dir") is not None
     if not evaluate_at_all:
         logger.info("data.val has no labels (ann_dir null): no evaluation during training")
-    val_loader = None
-    last_eval = None
-    model.train()
     logger.info("training %s for %d iterations (from %d), global batch %d on %d process(es), "
                 "seed %d; the first iterations compile Jittor's kernels (minutes on a new "
                 "machine, cached afterwards)", cfg.name, max_iters, s.start_iter,
                 cfg.data.batch_size, world, s.seed)
     bar = tqdm(total=max_iters, initial=s.start_iter, desc="train", unit="it",
                disable=not (progress and is_main), dynamic_ncols=True)
-    window = []  # losses since the last log line
-    durations = collections.deque(maxlen=20)  # seconds of the recent iterations, for the eta
-    t_last = t_line = t_end = time.time()
+    meter = _Meter(cfg, run_log, bar, world)
+    val_loader = last_eval = None
+    model.train()
     try:
         batches = s.loader.iter_from(s.start_iter, max_iters - s.start_iter)
         for it in range(s.start_iter, max_iters):
             t0 = time.time()
             batch = next(batches)
             data_time = time.time() - t0
-            lrs = s.schedule.values(it)
+            lrs = s.schedule.values(it)  # [base lr, each param group's]
             set_lr(s.optimizer, lrs[1:])
             jt.set_seed(iteration_seed(s.seed, it, rank))
             losses, loss_value = _step(model, s.optimizer, s.scaler, batch,
@@ -416,51 +469,21 @@ def _train(cfg, model, s, run_log, progress, rank, world, is_main):
                 raise TrainingError(
                     f"the loss is {loss_value} at iteration {it + 1}; stopping. Checkpoints "
                     f"are written only with finite weights and {_last_good(s.keeper)}: lower "
-                    "optimizer.lr, set optimizer.grad_clip, or check the data, then --resume "
+                    "optimizer.lr, set optimizer.grad_clip, or check the data, then resume "
                     "from it")
             done = it + 1
-            bar.update(1)
-            window.append(loss_value)
-            now = time.time()
-            durations.append(now - t_end)
-            t_end = now
-
-            if done % train_cfg.log_interval == 0 or done == max_iters:
-                values = {k: float(v.item()) for k, v in losses.items()}
-                if world > 1:
-                    values = {k: float(jt.array(np.array([v])).mpi_all_reduce("mean").item())
-                              for k, v in values.items()}
-                seconds = (now - t_last) / len(window)
-                record = {"mode": "train", "iter": done, "lr": lrs[0], "loss": loss_value,
-                          "loss_avg": float(np.mean(window)), **values, "time": seconds,
-                          "data_time": data_time, "memory_mb": _memory_mb()}
-                t_last = t_line = now
-                window = []
-                run_log.record(**record)
-                logger.info("iter %d/%d lr %.3e loss %.4f (avg %.4f) %s time %.3fs data %.3fs "
-                            "mem %dMB eta %s", done, max_iters, lrs[0], loss_value,
-                            record["loss_avg"],
-                            " ".join(f"{k} {v:.4f}" for k, v in values.items()),
-                            seconds, data_time, record["memory_mb"],
-                            _eta(durations, max_iters - done))
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lrs[0]:.2e}")
-            elif now - t_line >= HEARTBEAT_SECONDS:  # slow iterations: still say where we are
-                t_line = now
-                logger.info("iter %d/%d loss %.4f, last iteration %.2fs, eta %s", done,
-                            max_iters, loss_value, durations[-1], _eta(durations, max_iters - done))
-
+            meter.update(done, loss_value, losses, lrs[0], data_time)
             if is_main and (done % train_cfg.checkpoint_interval == 0 or done == max_iters):
                 _save(cfg, model, s, done)
-
             interval = train_cfg.eval_interval
             if evaluate_at_all and ((interval > 0 and done % interval == 0) or done == max_iters):
                 if val_loader is None:
                     val_loader = build_val_loader(cfg, rank=rank, world_size=world)
                 last_eval = run_evaluation(cfg, model, val_loader, run_log, done, progress)
                 model.train()
-                t_line = t_end = time.time()  # evaluation is not an iteration's time
+                meter.paused()
     except KeyboardInterrupt:
-        logger.error("interrupted; %s (continue with --resume auto)", _last_good(s.keeper))
+        logger.error("interrupted; %s (continue with resume=auto)", _last_good(s.keeper))
         raise
     finally:
         bar.close()
@@ -475,37 +498,11 @@ def _save(cfg, model, s, done):
                                  run_id=s.run_id, lineage=s.keeper.lineage_after(path))
     except TrainingError as e:
         raise TrainingError(f"{e}; {_last_good(s.keeper)}: lower optimizer.lr or set "
-                            "optimizer.grad_clip, then --resume from it") from None
+                            "optimizer.grad_clip, then resume from it") from None
     except OSError as e:
         raise TrainingError(
             f"could not write checkpoint {path} ({os.strerror(e.errno) if e.errno else e}); "
             f"nothing was written there, the earlier checkpoints are intact and "
-            f"{_last_good(s.keeper)}: free some disk space, then --resume auto") from None
+            f"{_last_good(s.keeper)}: free some disk space, then resume=auto") from None
     s.keeper.saved(path)
     logger.info("checkpoint saved: %s", path)
-
-
-def run_evaluation(cfg, model, loader, run_log=None, iteration=None, progress=True,
-                   on_prediction=None):
-    """Evaluate on `loader`, log the per-class table and the summary; returns the result dict,
-    or None when the split has no labels (predictions only, through `on_prediction`)."""
-    from jseg.data.datasets import dataset_settings
-
-    head = cfg.model.decode_head
-    labelled = cfg.data.val.get("ann_dir") is not None
-    acc, seconds = evaluate(model, loader, head.num_classes, head.ignore_index,
-                            on_prediction=on_prediction, progress=progress, labelled=labelled)
-    if acc is None:
-        logger.info("predicted %d unlabelled images (%.1fs)", len(loader), seconds)
-        return None
-    result = acc.compute()
-    classes = dataset_settings(cfg.data)["classes"]
-    logger.info("evaluation%s on %d images (%.1fs):\n%s",
-                f" at iteration {iteration}" if iteration else "", len(loader), seconds,
-                format_table(result, classes))
-    if run_log is not None:
-        run_log.record(mode="val", iter=iteration, aAcc=result["aAcc"], mIoU=result["mIoU"],
-                       mAcc=result["mAcc"],
-                       IoU={c: (None if np.isnan(v) else float(v))
-                            for c, v in zip(classes, result["IoU"])})
-    return result

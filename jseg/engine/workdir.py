@@ -53,6 +53,14 @@ class WorkDir:
         """Paths of the training checkpoints in the folder, oldest (lowest iteration) first."""
         return find_checkpoints(self.ckpt_dir)
 
+    def newest_checkpoint(self):
+        """What resume=auto (or weights 'auto') means: the newest checkpoint here."""
+        found = self.checkpoints()
+        if not found:
+            raise WorkDirError(f"resume=auto: no checkpoint in {self.ckpt_dir}; start without "
+                               "resuming, or give a checkpoint's path")
+        return found[-1]
+
     # -- one training at a time --------------------------------------------
 
     def lock(self):
@@ -66,8 +74,7 @@ class WorkDir:
             holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
             raise WorkDirError(f"work dir {self.path} is in use by another training ({holder}); "
-                               "wait for it to finish, or train into another folder "
-                               "(--work-dir DIR)") from None
+                               "wait for it to finish, or train into another work_dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
@@ -111,8 +118,8 @@ class WorkDir:
             raise WorkDirError(
                 f"{self.ckpt_dir} already holds {len(found)} checkpoint(s) of an earlier run "
                 f"({_names(found)}); a new run there could overwrite or prune them. Continue "
-                "that run with --resume auto, or start this one in another folder "
-                "(--work-dir DIR), or move those files away")
+                "that run (resume=auto), or give this one another work_dir, or move those "
+                "files away")
 
     def check_resume(self, iteration):
         """A run resumed at `iteration` must not overwrite checkpoints from after it."""
@@ -121,8 +128,8 @@ class WorkDir:
             raise WorkDirError(
                 f"{self.ckpt_dir} holds checkpoint(s) from after iteration {iteration}, where "
                 f"this run resumes ({_names(later)}); going on from there would overwrite or "
-                "prune them. Resume from the newest (--resume auto), resume into another "
-                "folder (--work-dir DIR), or move the later files away")
+                "prune them. Resume from the newest (resume=auto), resume into another "
+                "work_dir, or move the later files away")
 
 
 class CheckpointKeeper:
