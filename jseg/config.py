@@ -29,7 +29,7 @@ import yaml
 
 from .utils.atomic import atomic_write
 
-__all__ = ["ConfigError", "Config", "SCHEMA", "DATASET_NUM_CLASSES", "load_config",
+__all__ = ["ConfigError", "Config", "FrozenList", "SCHEMA", "DATASET_NUM_CLASSES", "load_config",
            "dump_config", "config_to_yaml", "describe_schema"]
 
 
@@ -349,8 +349,9 @@ SCHEMA = Section(
             Section("multipliers for parameters whose name contains the key",
                     lr_mult=Field(float, 1.0, "learning-rate multiplier", at_least(0)),
                     decay_mult=Field(float, 1.0, "weight-decay multiplier", at_least(0))),
-            {"pos_block": {"decay_mult": 0.0}, "norm": {"decay_mult": 0.0},
-             "head": {"lr_mult": 10.0}},
+            # mmseg's SegNeXt configs also list pos_block (decay_mult 0), a PVT key that
+            # matches no MSCAN parameter; it is left out
+            {"norm": {"decay_mult": 0.0}, "head": {"lr_mult": 10.0}},
             "name substring -> {lr_mult, decay_mult}; longest key wins"),
         grad_clip=Field(Optional(float), None, "clip the gradient norm to this; null: no clipping",
                         above(0)),
@@ -497,8 +498,30 @@ def _parse_override(text):
     return tree
 
 
+def _read_only(*_args, **_kwargs):
+    raise TypeError("a loaded config is read-only: give overrides to load_config "
+                    "(KEY=VALUE), or edit a copy (copy.deepcopy(cfg))")
+
+
+class FrozenList(list):
+    """A list of a loaded config: equal to a plain list, but read-only."""
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __reduce__(self):
+        return FrozenList, (list(self),)
+
+    def __deepcopy__(self, memo):  # an editable copy, as for Config
+        return copy.deepcopy(list(self), memo)
+
+
 class Config(dict):
-    """A dict whose keys are also attributes (`cfg.model.backbone.depths`)."""
+    """A dict whose keys are also attributes (`cfg.model.backbone.depths`).
+
+    What load_config returns is read-only (so the config.yaml and checkpoints a run writes
+    hold what it ran with); copy.deepcopy gives an editable copy.
+    """
+    _frozen = False
 
     def __getattr__(self, name):
         try:
@@ -506,18 +529,58 @@ class Config(dict):
         except KeyError:
             raise AttributeError(f"config has no key {name!r}") from None
 
+    def _check(self):
+        if self._frozen:
+            _read_only()
+
     def __setattr__(self, name, value):
+        self._check()
         self[name] = value
+
+    def __setitem__(self, key, value):
+        self._check()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._check()
+        super().__delitem__(key)
+
+    def update(self, *args, **kwargs):
+        self._check()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self._check()
+        return super().setdefault(key, default)
+
+    def pop(self, *args):
+        self._check()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._check()
+        return super().popitem()
+
+    def clear(self):
+        self._check()
+        super().clear()
 
     def __deepcopy__(self, memo):
         return Config.wrap(copy.deepcopy(Config.unwrap(self), memo))
 
+    def __reduce__(self):  # pickles (e.g. to data workers) as plain data, wrapped back
+        return Config.wrap, (Config.unwrap(self), self._frozen)
+
     @staticmethod
-    def wrap(value):
+    def wrap(value, frozen=False):
+        """Nested dicts -> Config (lists too, read-only ones when `frozen`)."""
         if isinstance(value, dict):
-            return Config({k: Config.wrap(v) for k, v in value.items()})
+            out = Config({k: Config.wrap(v, frozen) for k, v in value.items()})
+            object.__setattr__(out, "_frozen", frozen)
+            return out
         if isinstance(value, list):
-            return [Config.wrap(v) for v in value]
+            items = [Config.wrap(v, frozen) for v in value]
+            return FrozenList(items) if frozen else items
         return value
 
     @staticmethod
@@ -684,7 +747,7 @@ def load_config(path, overrides=()):
         cfg["name"] = os.path.splitext(os.path.basename(str(path)))[0]
     if cfg["work_dir"] is None:
         cfg["work_dir"] = os.path.join("work_dirs", cfg["name"])
-    return Config.wrap(cfg)
+    return Config.wrap(cfg, frozen=True)
 
 
 def config_to_yaml(cfg):

@@ -374,3 +374,54 @@ def test_dump_writes_through_the_atomic_writer(tmp_path, monkeypatch):
     assert calls == want, f"{calls} != {want}"
     assert load_config(tmp_path / "sub" / "resolved.yaml") == cfg
     assert os.listdir(tmp_path / "sub") == ["resolved.yaml"], os.listdir(tmp_path / "sub")
+
+
+def test_model_constructors_default_to_the_schema(tmp_path):
+    """One default per fact: every constructor argument a config key sets defaults to the
+    schema's value (an empty config resolves to the ADE20K defaults)."""
+    import inspect
+    from jseg.models import NMF2D, MSCAN, EncoderDecoder, Hamburger, LightHamHead
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    model = load_config(str(empty)).model
+
+    def defaults(cls):
+        return {k: p.default for k, p in inspect.signature(cls).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    def as_schema(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    pairs = [(MSCAN, model.backbone, {}), (LightHamHead, model.decode_head, {}),
+             (NMF2D, model.decode_head.ham, {}), (EncoderDecoder, model.test_cfg,
+                                                  {"test_mode": "mode"}),
+             (Hamburger, model.decode_head, {})]
+    differ = []
+    for cls, section, renames in pairs:
+        for arg, default in defaults(cls).items():
+            key = renames.get(arg, arg)
+            if key in section and as_schema(default) != section[key]:
+                differ.append(f"{cls.__name__}({arg}={default!r}) vs schema {section[key]!r}")
+    assert not differ, differ
+
+
+def test_a_loaded_config_is_read_only():
+    import pickle
+    cfg = load_config(DEMO_CONFIG)
+    for change in (lambda: setattr(cfg.train, "max_iters", 5),
+                   lambda: cfg.train.__setitem__("max_iters", 5),
+                   lambda: cfg.model.backbone.depths.append(1),
+                   lambda: cfg.model.backbone.depths.__setitem__(0, 9),
+                   lambda: cfg.data.update(batch_size=1)):
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert cfg.train.max_iters == 400 and cfg.model.backbone.depths == [3, 3, 5, 2]
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and isinstance(again, type(cfg))
+    with pytest.raises(TypeError, match="read-only"):
+        again.seed = 1
+    import copy
+    editable = copy.deepcopy(cfg)  # (test_config_attribute_access_and_copy edits one too)
+    editable.model.backbone.depths.append(1)
+    assert cfg.model.backbone.depths == [3, 3, 5, 2]

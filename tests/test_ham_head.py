@@ -65,7 +65,7 @@ def pinned(nmf, bases):
         assert bases.shape == (B * S, D, R), f"pinned bases {bases.shape} vs {(B * S, D, R)}"
         return jt.array(bases)
 
-    nmf._build_bases = build
+    nmf.bases_fn = build
     return calls
 
 
@@ -92,7 +92,7 @@ def test_nmf_matches_numpy(nmf_input, md_s, training):
     got = nmf(jt.array(x)).numpy()
     want = numpy_nmf(x, bases, steps=6 if training else 7)[0]
     err = np.abs(got - want).max()
-    assert calls == [(2, md_s, 16 // md_s, R)], f"_build_bases calls {calls}"
+    assert calls == [(2, md_s, 16 // md_s, R)], f"bases_fn calls {calls}"
     assert np.allclose(got, want, rtol=RTOL, atol=ATOL), \
         f"S={md_s} training={training}: max |jittor - numpy| = {err:.3g} (rtol {RTOL}, atol {ATOL})"
     # train (6 steps) and eval (7 steps) really differ
@@ -108,7 +108,7 @@ def test_inv_t_is_forced_to_one():
 def test_bases_random_seeded_and_normalised(nmf_input):
     x, _ = nmf_input
     nmf = NMF2D(md_s=2, md_r=4).eval()
-    bases = nmf._build_bases(3, 2, 8, 4).numpy()
+    bases = nmf.initial_bases(3, 2, 8, 4).numpy()
     assert bases.shape == (6, 8, 4), bases.shape
     norms = np.linalg.norm(bases, axis=1)
     assert np.allclose(norms, 1, atol=1e-6), f"column norms {norms.ravel()[:4]} != 1"

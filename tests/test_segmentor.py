@@ -71,7 +71,7 @@ def pin_bases(model, seed=0):
             cache[D] = (b / np.linalg.norm(b, axis=1, keepdims=True)).astype(np.float32)
         return jt.array(np.tile(cache[D], (B, 1, 1)))
 
-    model.decode_head.hamburger.ham._build_bases = build
+    model.decode_head.hamburger.ham.bases_fn = build
 
 
 def image(batch=2, height=64, width=64, seed=0):

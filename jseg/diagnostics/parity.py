@@ -12,8 +12,8 @@ What is compared, with the same weights and the same NMF bases on both sides:
 
 NMF2D draws new random bases in every forward, in eval too, so the two frameworks can only
 be compared with pinned bases: `PinnedBases` hands out the same arrays, call by call, to
-mmseg's `NMF2D._build_bases` and to ours (each head forward calls it exactly once, so slide
-inference gets one array per window, in window order on both sides).
+mmseg's `NMF2D._build_bases` and to our NMF2D's `bases_fn` (each head forward asks exactly
+once, so slide inference gets one array per window, in window order on both sides).
 
 mmcv-lite has no compiled ops, yet importing `mmseg.models` imports four names from
 `mmcv.ops`; `import_reference` puts a stand-in module there, whose members raise if used.
@@ -355,8 +355,7 @@ def pin_jseg_bases(model, seed=0):
     import jittor as jt
 
     pins = PinnedBases(seed)
-    model.decode_head.hamburger.ham._build_bases = \
-        lambda B, S, D, R: jt.array(pins((B * S, D, R)))
+    model.decode_head.hamburger.ham.bases_fn = lambda B, S, D, R: jt.array(pins((B * S, D, R)))
     return pins
 
 

@@ -41,7 +41,7 @@ class NMF2D(nn.Module):
     The input x (B, C, H, W), non-negative (it follows a ReLU), is split into S groups and
     viewed as B*S matrices X (D = C/S, N = H*W). With bases (D, R) and coefficients (N, R):
 
-    1. bases: `_build_bases` draws U[0, 1) values and L2-normalises every column (over D);
+    1. bases: `random_bases` draws U[0, 1) values and L2-normalises every column (over D);
        with `rand_init=False` one basis set (S, D, R) is drawn once, kept as the attribute
        `bases` (never trained) and repeated over the batch. `Hamburger` draws it at
        construction; a bare NMF2D draws it at its first forward.
@@ -59,8 +59,9 @@ class NMF2D(nn.Module):
         gradient; only step 4 and the reconstruction carry gradients back to x.
 
     With `rand_init=True` every forward (train and eval) draws new bases, so outputs vary run
-    to run unless Jittor's RNG is seeded (`jt.set_global_seed`). To pin them, override
-    `_build_bases`; it is called exactly once per forward.
+    to run unless Jittor's RNG is seeded (`jt.set_global_seed`). To choose them instead (e.g.
+    to compare with another implementation on the same bases), set `bases_fn`: it is called
+    exactly once per forward, as bases_fn(B, S, D, R), and returns the (B*S, D, R) bases.
 
     Args:
         md_s: number of groups S (C must be divisible by S).
@@ -69,12 +70,15 @@ class NMF2D(nn.Module):
         inv_t: softmax temperature of the coefficient init; accepted but forced to 1, see below.
         rand_init: new random bases every forward (True) or one fixed set (False).
         grad_mode: "full" or "one_step".
+        bases_fn: None (random bases, `random_bases`), or a callable (B, S, D, R) ->
+            (B*S, D, R) Var giving the initial bases; also settable later as an attribute.
     """
 
     GRAD_MODES = ("full", "one_step")
 
-    def __init__(self, md_s: int = 1, md_r: int = 64, train_steps: int = 6, eval_steps: int = 7,
-                 inv_t: float = 100, rand_init: bool = True, grad_mode: str = "full"):
+    def __init__(self, md_s: int = 1, md_r: int = 16, train_steps: int = 6, eval_steps: int = 7,
+                 inv_t: float = 100, rand_init: bool = True, grad_mode: str = "full",
+                 bases_fn=None):
         super().__init__()
         if grad_mode not in self.GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {self.GRAD_MODES}, got {grad_mode!r}")
@@ -88,9 +92,17 @@ class NMF2D(nn.Module):
         self.inv_t = 1
         self.rand_init = rand_init
         self.grad_mode = grad_mode
+        self.bases_fn = bases_fn
 
-    def _build_bases(self, B: int, S: int, D: int, R: int):
-        """Initial bases (B*S, D, R): U[0, 1) from Jittor's seeded RNG, L2-normalised over D."""
+    def initial_bases(self, B: int, S: int, D: int, R: int):
+        """The bases a forward starts from, (B*S, D, R): `bases_fn`'s, else random ones."""
+        if self.bases_fn is not None:
+            return self.bases_fn(B, S, D, R)
+        return self.random_bases(B, S, D, R)
+
+    @staticmethod
+    def random_bases(B: int, S: int, D: int, R: int):
+        """(B*S, D, R): U[0, 1) from Jittor's seeded RNG, L2-normalised over D."""
         bases = jt.rand(B * S, D, R, dtype="float32")
         # like torch.nn.functional.normalize(bases, dim=1): x / max(||x||_2, eps)
         norm = (bases * bases).sum(dim=1, keepdims=True).sqrt()
@@ -135,13 +147,13 @@ class NMF2D(nn.Module):
         x = x.reshape((B * S, D, N))  # (B, C, H, W) -> (B*S, D, N)
 
         if self.rand_init:
-            bases = self._build_bases(B, S, D, R)
+            bases = self.initial_bases(B, S, D, R)
         else:
             if not hasattr(self, "bases"):
                 # A fixed (S, D, R) basis, never trained (a buffer in PyTorch); saved in the
                 # state dict as `hamburger.ham.bases` once it exists. Hamburger creates it at
                 # construction, so all MPI ranks start from rank 0's broadcast copy.
-                self.bases = self._build_bases(1, S, D, R).stop_grad()
+                self.bases = self.initial_bases(1, S, D, R).stop_grad()
             bases = self.bases.repeat(B, 1, 1)  # (S, D, R) -> (B*S, D, R)
 
         if self.grad_mode == "one_step":
@@ -159,13 +171,14 @@ class NMF2D(nn.Module):
 class Hamburger(nn.Module):
     """ReLU(x + ham_out(NMF2D(ReLU(ham_in(x))))): 1x1 conv with bias, NMF, 1x1 conv + GN."""
 
-    def __init__(self, ham_channels: int = 512, norm_groups: int = 32, ham_kwargs=None):
+    def __init__(self, ham_channels: int = 256, norm_groups: int = 32, ham_kwargs=None):
         super().__init__()
         self.ham_in = ConvModule(ham_channels, ham_channels, 1, bias=True, act=False)
         self.ham = NMF2D(**dict(ham_kwargs or {}))
         if not self.ham.rand_init:  # the fixed basis exists from the start (see NMF2D)
             S = self.ham.S
-            self.ham.bases = self.ham._build_bases(1, S, ham_channels // S, self.ham.R).stop_grad()
+            self.ham.bases = self.ham.initial_bases(1, S, ham_channels // S,
+                                                    self.ham.R).stop_grad()
         self.ham_out = ConvModule(ham_channels, ham_channels, 1, norm_groups=norm_groups,
                                   act=False)
 
