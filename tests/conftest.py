@@ -36,6 +36,20 @@ TOTAL_PARAMS = {
 }
 
 
+# The shipped config of each benchmark, by its class count.
+DATASET_CONFIGS = {150: "ade20k-512x512", 19: "cityscapes-1024x1024", 171: "coco-stuff164k-512x512",
+                   21: "voc-aug-512x512", 59: "pascal-context59-480x480", 16: "isaid-896x896"}
+
+
+def shipped_model(variant, num_classes=150):
+    """The `model` section (a plain dict) of configs/segnext/segnext_mscan-<variant>_<dataset>:
+    the variant table is jseg.models.mscan.MSCAN_SETTINGS and these configs, nowhere else."""
+    from jseg.config import Config, load_config
+    path = os.path.join(ROOT, "configs", "segnext",
+                        f"segnext_mscan-{variant}_{DATASET_CONFIGS[num_classes]}.yaml")
+    return Config.unwrap(load_config(path).model)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """Six training and two validation demo images of 64x48 (deterministic)."""

@@ -16,35 +16,30 @@ from jseg.models import build_model
 from jseg.models.ham_head import NMF2D
 from jseg.diagnostics.flops import count_macs, count_parameters, model_complexity, nmf_macs
 
+from conftest import shipped_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 0.03
 
-WIDTHS = {  # variant -> (embed_dims, depths, head in_channels, channels, official md_r)
-    "t": ([32, 64, 160, 256], [3, 3, 5, 2], [64, 160, 256], 256, 16),
-    "s": ([64, 128, 320, 512], [2, 2, 4, 2], [128, 320, 512], 256, 16),
-    "b": ([64, 128, 320, 512], [3, 3, 12, 3], [128, 320, 512], 512, 64),
-    "l": ([64, 128, 320, 512], [3, 5, 27, 3], [128, 320, 512], 1024, 64),
-}
+VARIANTS = ("t", "s", "b", "l")
+OFFICIAL_MD_R = {"t": 16, "s": 16, "b": 64, "l": 64}  # the official SegNeXt configs' NMF rank
 # analytic GMACs at 512x512 (150 classes) and 2048x1024 (19 classes), from the layer shapes
 MACS_512 = {"t": 6.40, "s": 15.65, "b": 34.66, "l": 69.69}
 MACS_CITY = {"t": 50.1, "s": 124.1, "b": 274.9, "l": 552.7}
 PARAMS_150 = {"t": 4_263_414, "s": 13_932_886, "b": 27_636_310, "l": 48_926_550}
 
 
-def model_cfg(variant, num_classes=150, md_r=None):
-    dims, depths, head_in, width, official_r = WIDTHS[variant]
-    return {
-        "backbone": {"type": "MSCAN", "embed_dims": dims, "depths": depths},
-        "decode_head": {"type": "LightHamHead", "in_channels": head_in, "channels": width,
-                        "ham_channels": width, "num_classes": num_classes,
-                        "ham": {"md_r": official_r if md_r is None else md_r}},
-    }
+def model_cfg(variant, md_r=None):
+    """The shipped ADE20K config's model, with the official NMF rank unless `md_r` is given."""
+    cfg = shipped_model(variant)
+    cfg["decode_head"]["ham"]["md_r"] = OFFICIAL_MD_R[variant] if md_r is None else md_r
+    return cfg
 
 
 @pytest.fixture(scope="module")
 def models():
     """One model per variant; the class count is changed below by swapping conv_seg."""
-    return {v: build_model(model_cfg(v)) for v in WIDTHS}
+    return {v: build_model(model_cfg(v)) for v in VARIANTS}
 
 
 def test_tiny_by_hand():

@@ -6,12 +6,9 @@ import jittor as jt
 import numpy as np
 import pytest
 
-from conftest import TOTAL_PARAMS
+from conftest import TOTAL_PARAMS, shipped_model
 from jseg.models.ham_head import LightHamHead, NMF2D
 
-# full-width heads (in_channels, channels = ham_channels) of mmseg 1.x's segnext_mscan-* configs
-HEAD_WIDTHS = {"t": ((64, 160, 256), 256), "s": ((128, 320, 512), 256),
-               "b": ((128, 320, 512), 512), "l": ((128, 320, 512), 1024)}
 # whole-model parameters (conftest) minus the backbone = head parameters per class count
 BACKBONE_PARAMS = {"t": 3_903_584, "s": 13_450_176, "b": 26_277_824, "l": 44_636_864}
 
@@ -236,10 +233,10 @@ def test_head_keys():
 
 @pytest.mark.parametrize("variant", ["t", "s", "b", "l"])
 def test_head_parameter_counts(variant):
-    in_channels, width = HEAD_WIDTHS[variant]
+    shipped = shipped_model(variant)["decode_head"]  # the full-width head of the variant
     for num_classes, total in TOTAL_PARAMS[variant].items():
-        head = LightHamHead(in_channels=in_channels, channels=width, ham_channels=width,
-                            num_classes=num_classes)
+        head = LightHamHead(in_channels=shipped["in_channels"], channels=shipped["channels"],
+                            ham_channels=shipped["ham_channels"], num_classes=num_classes)
         got = sum(p.numel() for p in head.parameters())
         want = total - BACKBONE_PARAMS[variant]
         assert got == want, f"{variant} head, {num_classes} classes: {got} != {want}"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jittor import nn
 
-from conftest import TOTAL_PARAMS
+from conftest import TOTAL_PARAMS, shipped_model
 from jseg.models import EncoderDecoder, build_model, slide_windows
 from jseg.models.losses import accuracy, cross_entropy
 
@@ -29,29 +29,12 @@ TINY_CFG = {
                  "tta_ratios": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "tta_flip": True},
 }
 
-FULL_WIDTHS = {  # variant -> backbone and head settings of the shipped configs (mmseg 1.x)
-    "t": ([32, 64, 160, 256], [3, 3, 5, 2], 0.1, [64, 160, 256], 256),
-    "s": ([64, 128, 320, 512], [2, 2, 4, 2], 0.1, [128, 320, 512], 256),
-    "b": ([64, 128, 320, 512], [3, 3, 12, 3], 0.1, [128, 320, 512], 512),
-    "l": ([64, 128, 320, 512], [3, 5, 27, 3], 0.3, [128, 320, 512], 1024),
-}
 STATE_DICT_ENTRIES = {"t": 519, "s": 411, "b": 807, "l": 1419}
 
 
 def tiny_cfg(**test_cfg):
     cfg = copy.deepcopy(TINY_CFG)
     cfg["test_cfg"].update(test_cfg)
-    return cfg
-
-
-def full_cfg(variant, num_classes):
-    dims, depths, dpr, head_in, width = FULL_WIDTHS[variant]
-    cfg = copy.deepcopy(TINY_CFG)
-    cfg["backbone"].update(embed_dims=dims, depths=depths, mlp_ratios=[8, 8, 4, 4],
-                           drop_path_rate=dpr)
-    cfg["decode_head"].update(in_channels=head_in, channels=width, ham_channels=width,
-                              num_classes=num_classes, norm_groups=32)
-    cfg["decode_head"]["ham"]["md_r"] = 16
     return cfg
 
 
@@ -86,7 +69,7 @@ def test_full_models_parameters_and_keys(variant):
     # whole models for two class counts (the other counts: tests/test_ham_head.py, head only)
     for num_classes in (150, 19):
         want = TOTAL_PARAMS[variant][num_classes]
-        model = build_model(full_cfg(variant, num_classes))
+        model = build_model(shipped_model(variant, num_classes))
         state = model.state_dict()
         got = sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean",
                                                                          "running_var")))

@@ -17,6 +17,8 @@ import sys
 import cv2
 import numpy as np
 
+from jseg.utils.atomic import atomic_write
+
 __all__ = ["ConvertError", "require_dir", "require_file", "find_files", "is_complete",
            "write_bytes", "write_png", "write_lines", "encode_png", "decode_image", "id_lut",
            "colours_to_ids", "decode_coco_rle", "run_tasks", "run_cli"]
@@ -87,12 +89,11 @@ def is_complete(path):
 
 
 def write_bytes(path, data):
-    """Write `data` to `path` through a temporary file and an atomic rename."""
+    """Write `data` to `path` through a temporary file and an atomic rename (no fsync: a
+    converted file can be made again)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = _temp_name(path)
-    with open(tmp, "wb") as f:
+    with atomic_write(path, temp=_temp_name(path), durable=False) as f:
         f.write(data)
-    os.replace(tmp, path)
 
 
 def encode_png(array, bgr=False):

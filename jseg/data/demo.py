@@ -29,6 +29,8 @@ import os
 import cv2
 import numpy as np
 
+from jseg.utils.atomic import atomic_write
+
 from .palettes import DEMO_CLASSES, DEMO_PALETTE
 
 __all__ = ["DEMO_CLASSES", "DEMO_PALETTE", "DemoSpec", "render_sample", "make_demo_data"]
@@ -211,14 +213,8 @@ def render_sample(seed, split, index, size=128):
 # Writing the dataset.
 
 def _write_atomic(path, data):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, durable=False) as f:  # demo data can be made again
+        f.write(data)
 
 
 def _encode(ext, array, params=()):

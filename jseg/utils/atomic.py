@@ -32,13 +32,15 @@ __all__ = ["atomic_write", "stale_temp_files", "write_image"]
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # what _open_temp names its files
 
 
-def _open_temp(directory, name):
+def _open_temp(directory, name, temp=None):
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
+    if temp is not None:  # a fixed name: what an interrupted write left is overwritten
+        return os.open(temp, flags | os.O_TRUNC, 0o666), temp
     while True:
         temp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
         try:
             # 0o666 minus the umask, as for any new file (mkstemp would give 0o600)
-            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                           0o666), temp
+            return os.open(temp, flags | os.O_EXCL, 0o666), temp
         except FileExistsError:
             continue
 
@@ -58,18 +60,23 @@ def _fsync_directory(directory):
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="wb", encoding=None):
+def atomic_write(path, mode="wb", encoding=None, temp=None, durable=True):
     """Context manager: `with atomic_write(path) as f: f.write(...)`.
 
     mode "wb" (default) or "w" (text, UTF-8 unless `encoding` says otherwise).
     An existing file at `path` keeps its permission bits.
+    temp: the temporary file's path (same folder), instead of a new random name; for
+        writers that restart and should overwrite what a killed run left (the dataset
+        converters).
+    durable: fsync the file and the folder, so the new file also survives a power cut
+        (False for many small files that can be made again, e.g. converted datasets).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, temp = _open_temp(directory, os.path.basename(path))
+        fd, temp = _open_temp(directory, os.path.basename(path), temp)
     except OSError as e:  # a missing or read-only folder: name the file asked for
         raise OSError(e.errno, f"cannot create a file in {directory}: {e.strerror}", path) from None
     try:
@@ -80,7 +87,8 @@ def atomic_write(path, mode="wb", encoding=None):
             fd = None  # the file object owns it now
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         failpoint("before-rename", path)
         os.replace(temp, path)
     except BaseException as e:
@@ -94,7 +102,8 @@ def atomic_write(path, mode="wb", encoding=None):
                           path) from None
         raise
     failpoint("after-rename", path)
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def stale_temp_files(directory):
