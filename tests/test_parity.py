@@ -118,6 +118,16 @@ def test_eval_logits_match_mmseg(ref, variants, variant, size):
     _check_eval(result, f"SegNeXt-{variant.upper()} eval, input {size[0]}x{size[1]}")
 
 
+def test_eval_logits_match_mmseg_with_the_cpu_kernels_off(ref, variants):
+    """JSEG_CPU_KERNELS=0 / jseg.ops.disabled(): Jittor's own ops, as on CUDA, within the same
+    tolerances."""
+    from jseg import ops
+    _, ref_model, _, model = variants.get("t")
+    with ops.disabled():
+        result = parity.eval_parity(ref, ref_model, model, _input((64, 64), seed=10), seed=20)
+    _check_eval(result, "SegNeXt-T eval with jseg's CPU kernels off, input 64x64")
+
+
 @extended
 @pytest.mark.parametrize("variant", ["b", "l"])
 def test_eval_logits_match_mmseg_large_variants(ref, variants, variant):
