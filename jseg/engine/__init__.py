@@ -1,1 +1,2 @@
-"""Training and evaluation machinery: checkpoints, optimiser, loop, metrics."""
+"""Training and evaluation: the loop (trainer), its work dir, evaluation and metrics, the
+optimiser and learning-rate schedule, and mixed precision."""

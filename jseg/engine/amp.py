@@ -9,7 +9,7 @@ AmpOptimWrapper (loss_scale='dynamic') do, with their defaults:
 - start at 2**16; if any gradient is inf or NaN, skip that optimizer step and halve the scale;
 - after 2000 consecutive good steps, double it.
 
-The scaler's state is saved in training checkpoints, so `--resume` continues exactly.
+The scaler's state is saved in training checkpoints, so a resumed run continues exactly.
 """
 import math
 
