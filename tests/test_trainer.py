@@ -109,7 +109,8 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_checkpoints(demo_root, tmp_
 
 @pytest.mark.parametrize("case", ["missing_config", "bad_override", "missing_weights",
                                   "corrupt_weights", "class_mismatch", "resume_nothing",
-                                  "readonly_work_dir", "amp_on_cpu", "label_ids_not_cityscapes"])
+                                  "readonly_work_dir", "amp_on_cpu", "label_ids_not_cityscapes",
+                                  "no_weights"])
 def test_bad_input_gives_one_line_and_exit_1(case, demo_root, straight_run, tmp_path):
     cfg = DEMO_CONFIG
     weights = os.path.join(straight_run, "checkpoints", "iter_00000004.pkl")
@@ -131,6 +132,8 @@ def test_bad_input_gives_one_line_and_exit_1(case, demo_root, straight_run, tmp_
     elif case == "resume_nothing":
         args = base + ["--task", "train", "--resume", "auto", "--work-dir", str(tmp_path)]
         needle = "no checkpoint in"
+    elif case == "no_weights":
+        args, needle = base + ["--task", "val"], "needs weights: pass --load-from"
     elif case == "label_ids_not_cityscapes":
         args = base + ["--task", "test", "--load-from", weights, "--label-ids",
                        "--save-dir", str(tmp_path)]

@@ -61,6 +61,9 @@ def run(args):
     if args.device:
         overrides.append(f"device={args.device}")
     cfg = load_config(args.config_file, overrides)
+    if args.task != "train" and not (args.load_from or args.resume):
+        raise ConfigError(f"--task {args.task} needs weights: pass --load-from WEIGHTS (or "
+                          "--resume auto for the newest checkpoint of the work dir)")
 
     import signal
 

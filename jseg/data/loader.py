@@ -33,7 +33,7 @@ import numpy as np
 from .datasets import DataError, build_dataset
 from .transforms import build_test_pipeline, build_train_pipeline, build_tta_pipelines
 
-__all__ = ["get_dist_info", "sample_rng", "epoch_permutation", "TrainLoader", "ValLoader",
+__all__ = ["get_dist_info", "random_seed", "sample_rng", "epoch_permutation", "TrainLoader", "ValLoader",
            "build_train_loader", "build_val_loader", "make_views"]
 
 logger = logging.getLogger(__name__)
@@ -343,8 +343,10 @@ class ValLoader:
             pool.close()
 
 
-def _broadcast_seed(seed, world_size):
-    if world_size > 1:  # every rank must shuffle alike: take rank 0's seed
+def random_seed(world_size=1):
+    """A fresh random seed in [0, 2**31); under MPI rank 0's, so that every rank agrees."""
+    seed = int(np.random.SeedSequence().entropy % (2 ** 31))
+    if world_size > 1:
         import jittor as jt
         seed = int(jt.array(np.array([seed], np.int32)).mpi_broadcast(0).numpy()[0])
     return seed
@@ -364,7 +366,7 @@ def build_train_loader(cfg, seed=None, **kwargs):
         rank, world = kwargs.get("rank"), kwargs.get("world_size")
         if rank is None or world is None:
             rank, world = get_dist_info()
-        seed = _broadcast_seed(int(np.random.SeedSequence().entropy % (2 ** 31)), world)
+        seed = random_seed(world)
         logger.info("no seed configured; data seed %d", seed)
     kwargs.setdefault("num_workers", data["num_workers"])
     kwargs.setdefault("on_bad_sample", data["on_bad_sample"])

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 class EvaluationError(ValueError):
     """Evaluation cannot run as asked (e.g. metrics without labels); the message says why."""
 
+
 _CHUNK_ELEMENTS = 2 ** 24  # restored scores per chunk (64 MB in float32)
 
 

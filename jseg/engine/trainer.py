@@ -39,7 +39,7 @@ from tqdm import tqdm
 from jseg.checkpoint import (check_optimizer_state, checkpoint_iteration, load_state_dict,
                              read_checkpoint, read_training_checkpoint, write_checkpoint)
 from jseg.config import config_to_yaml, dump_config
-from jseg.data.loader import build_train_loader, build_val_loader
+from jseg.data.loader import build_train_loader, build_val_loader, random_seed
 from jseg.models import build_model
 
 from .amp import DynamicLossScaler, amp_scope
@@ -249,9 +249,7 @@ def _resolve_seed(seed, cfg, checkpoint, world):
     if seed is None:
         seed = cfg.seed
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2 ** 31))
-        if world > 1:
-            seed = int(jt.array(np.array([seed])).mpi_broadcast(0).numpy()[0])
+        seed = random_seed(world)
         logger.info("no seed given; using seed %d (set seed=%d to repeat this run)", seed, seed)
     return seed
 

@@ -171,7 +171,7 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def execute(self, x):
-        if not (matmul.applies(x) and x.ndim == 4):
+        if not matmul.pointwise_applies(x):
             return super().execute(x)
         y = matmul.pointwise(x, self.weight)
         if self.bias is None:

@@ -270,7 +270,7 @@ class MSCABlockParts:
 def applies(parts, x):
     """True when `mscan_block(parts, x)` stands in for the block's modules."""
     convs = [parts.conv0, parts.dwconv] + [c for pair in parts.strips for c in pair]
-    return (not parts.dropout and matmul.applies(x) and x.ndim == 4
+    return (not parts.dropout and matmul.pointwise_applies(x)
             and all(depthwise.applies(c, x) for c in convs))
 
 
@@ -294,7 +294,7 @@ def mscan_block(parts, x):
 
 def mlp_applies(fc1, dwconv, x):
     """True when `mlp_hidden` stands in for gelu(dwconv(fc1(x)))."""
-    return matmul.applies(x) and x.ndim == 4 and depthwise.applies(dwconv, x)
+    return matmul.pointwise_applies(x) and depthwise.applies(dwconv, x)
 
 
 def mlp_hidden(fc1, dwconv, x):

@@ -10,7 +10,8 @@ import jittor as jt
 
 from . import enabled
 
-__all__ = ["applies", "batched_weight_matmul", "pointwise", "batched_matmul"]
+__all__ = ["applies", "pointwise_applies", "batched_weight_matmul", "pointwise",
+           "batched_matmul"]
 
 
 def applies(*tensors):
@@ -49,6 +50,11 @@ def batched_weight_matmul(weight, x):
     """(O, C) @ (N, C, L) -> (N, O, L) on oneDNN's sgemm, with gradients."""
     return _BatchedWeightMatmul.apply(x, weight)
 
+
+
+def pointwise_applies(x):
+    """True when `pointwise` stands in for a 1x1 convolution of `x` (N, C, H, W)."""
+    return applies(x) and x.ndim == 4
 
 
 def pointwise(x, weight):
