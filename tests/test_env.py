@@ -26,6 +26,8 @@ def test_check_env_reports_cpu_and_onednn():
     assert lines["jittor"].startswith("1.3"), out.stdout
     if not env.gpu_available():
         assert lines["device"].startswith("CPU"), out.stdout
+        assert lines["CUDA driver"] == "none", out.stdout
+        assert lines["CUDA toolkit"] == "none: no NVIDIA driver", out.stdout
     assert lines["oneDNN"].startswith("yes"), out.stdout
     assert lines["MPI"].split()[0] in ("yes", "no"), out.stdout
     assert os.path.isdir(lines["cache dir"]), out.stdout

@@ -1,4 +1,5 @@
-"""Print how Jittor starts on this machine: version, device, oneDNN, MPI, cache dir.
+"""Print how Jittor starts on this machine: version, device, oneDNN, MPI, cache dir, and
+the CUDA driver and toolkit (which one and why; cuBLAS / cuDNN) where there is a GPU.
 
     python tools/check_env.py
 
@@ -16,8 +17,12 @@ _HINTS = (  # (text in Jittor's error, fix); the first match wins
     ("Python.h", "install the Python headers (Debian: apt-get install python3-dev)"),
     ("--version", "install a C++ compiler (Debian: apt-get install g++) or set cc_path=/path/to/g++"),
     ("-DHAS_CUDA", "Jittor could not build its CUDA part with this CUDA toolkit (the compiler "
-                   "errors are above; Jittor 1.3.11 fails with CUDA 13); use a CUDA 12 or older "
-                   "toolkit (nvcc_path=/path/to/nvcc) or run on CPU with JSEG_DEVICE=cpu"),
+                   "errors are above); with CUDA 13 run `python tools/jittor_cuda13.py apply`, "
+                   "else use a CUDA 12 toolkit (nvcc_path=/path/to/nvcc) or run on CPU with "
+                   "JSEG_DEVICE=cpu"),
+    ("is not loaded", "Jittor needs cuBLAS, cuDNN, cuRAND, cuFFT and cuSPARSE beside nvcc (a full "
+                      "CUDA toolkit has all but cuDNN); install them, or run on CPU with "
+                      "JSEG_DEVICE=cpu"),
     ("libcudart", "the CUDA runtime is missing; run on CPU with JSEG_DEVICE=cpu"),
     ("Download", "Jittor tried to download; install the offline assets: pip install jittor-offline==0.0.7"),
 )

@@ -4,9 +4,12 @@ Jittor reads its settings from environment variables when it is first imported,
 so `configure_jittor()` must run before `import jittor`; `jseg/__init__.py`
 calls it, which makes every `import jseg...` safe. It decides four things:
 
-- device: without an NVIDIA driver (no `/dev/nvidia*`, no `libcuda.so.1`)
-  Jittor is told there is no nvcc, so it starts on CPU instead of failing on a
-  missing libcudart. `JSEG_DEVICE=cpu` forces CPU on a GPU machine.
+- device and CUDA toolkit (`jseg.utils.toolkit`): without an NVIDIA driver (no
+  `/dev/nvidia*`, no `libcuda.so.1`) Jittor is told there is no nvcc, so it starts on
+  CPU instead of failing on a missing libcudart; with one, Jittor gets the toolkit
+  `choose_toolkit` picks (a CUDA 12 nvcc, Jittor's jtcuda, or CUDA 13 once
+  `tools/jittor_cuda13.py apply` has patched Jittor), or CPU with one warning that
+  names the fix. `JSEG_DEVICE=cpu` forces CPU on a GPU machine.
 - oneDNN: Jittor downloads its oneDNN archive on first use unless it is
   already in its cache or shipped by the `jittor-offline` package. If neither
   is present we switch oneDNN off (`use_mkl=0`, about 40x slower convolutions)
@@ -27,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["configure_jittor", "gpu_available", "onednn_source", "init_device",
+__all__ = ["configure_jittor", "gpu_available", "onednn_source", "init_device", "cuda_toolkit",
            "environment_report", "restore_openmp_defaults", "DNNL_ARCHIVE", "OPENMP_SPINCOUNT"]
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ DNNL_ARCHIVE = "dnnl_lnx_2.2.0_cpu_gomp"  # the oneDNN build Jittor 1.3 looks fo
 OPENMP_SPINCOUNT = "1000"
 _configured = False
 _spincount_set_here = False
+_toolkit = None
 
 
 def gpu_available():
@@ -54,6 +58,29 @@ def gpu_available():
 def _jittor_home():
     """Jittor's home for caches: `~/.cache/jittor` unless its config.json moved it."""
     return Path(os.environ.get("JITTOR_HOME") or Path.home()) / ".cache" / "jittor"
+
+
+def _cuda13_fix_ready():
+    """Whether the installed Jittor can build with CUDA 13: patched by
+    `tools/jittor_cuda13.py`, or a Jittor other than the 1.3.11 the fix is for."""
+    from . import jittor_cuda13
+
+    try:
+        directory = jittor_cuda13.jittor_dir()
+        if jittor_cuda13.jittor_version(directory) != jittor_cuda13.JITTOR_VERSION:
+            return True
+        return jittor_cuda13.state(directory) == "applied"
+    except jittor_cuda13.PatchError:
+        return False
+
+
+def cuda_toolkit():
+    """The `jseg.utils.toolkit.Toolkit` chosen for this process (decided once)."""
+    global _toolkit
+    if _toolkit is None:
+        from .toolkit import detect_toolkit
+        _toolkit = detect_toolkit(str(_jittor_home()), _cuda13_fix_ready)
+    return _toolkit
 
 
 def onednn_source():
@@ -104,9 +131,16 @@ def configure_jittor():
     if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = OPENMP_SPINCOUNT
         _spincount_set_here = True
-    if not gpu_available():
-        # An empty nvcc path keeps Jittor from trying CUDA without a driver.
-        os.environ.setdefault("nvcc_path", "")
+    toolkit = cuda_toolkit()
+    if toolkit.nvcc is not None and "nvcc_path" not in os.environ:
+        # An empty nvcc path keeps Jittor from trying CUDA without a usable toolkit.
+        os.environ["nvcc_path"] = toolkit.nvcc
+    if toolkit.problem:
+        logger.warning("CUDA is not used, running on CPU: %s", toolkit.problem)
+    if toolkit.uses_cuda:
+        # On CUDA, Jittor 1.3.11 downloads CUTLASS at start (not in jittor-offline), which
+        # fails offline, and then compiles nothing from it: skip it.
+        os.environ.setdefault("use_cutlass", "0")
     if os.environ.get("use_mkl", "1") == "1" and onednn_source() is None:
         os.environ["use_mkl"] = "0"
         logger.warning(
@@ -132,8 +166,9 @@ def init_device(device="auto"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     has_cuda = bool(jt.compiler.has_cuda)
     if device == "cuda" and not has_cuda:
-        raise RuntimeError("device 'cuda' was asked for but Jittor found no usable GPU "
-                           "(no NVIDIA driver, or JSEG_DEVICE=cpu); use device 'cpu'")
+        toolkit = cuda_toolkit()
+        why = toolkit.problem or f"{toolkit.reason}; use device 'cpu'"
+        raise RuntimeError(f"device 'cuda' was asked for but Jittor found no usable GPU: {why}")
     use_cuda = has_cuda and device != "cpu"
     jt.flags.use_cuda = int(use_cuda)
     return "cuda" if use_cuda else "cpu"
@@ -181,4 +216,20 @@ def environment_report():
         + (f" (rank {jt.rank} of {jt.world_size})" if jt.in_mpi else ""),
         "cache dir": str(jt.flags.cache_path),
     }
+    toolkit = cuda_toolkit()
+    from .toolkit import driver_cuda_version
+    driver = driver_cuda_version()
+    report["CUDA driver"] = "none" if driver is None else "CUDA %d.%d" % driver
+    if toolkit.uses_cuda:
+        version = "%d.%d" % toolkit.version if toolkit.version else "unknown version"
+        report["CUDA toolkit"] = f"{toolkit.nvcc or 'jtcuda'} ({version}): {toolkit.reason}"
+        if jt.compiler.has_cuda:
+            for name in ("cublas", "cudnn"):
+                loaded = getattr(extern, name + "_ops", None) is not None
+                report["cuBLAS" if name == "cublas" else "cuDNN"] = (
+                    "yes" if loaded else "no (Jittor runs its own CUDA kernels instead)")
+    else:
+        report["CUDA toolkit"] = f"none: {toolkit.reason}"
+    if toolkit.problem:
+        report["CUDA problem"] = toolkit.problem
     return report
