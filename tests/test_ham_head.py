@@ -164,7 +164,6 @@ def test_grad_modes_against_numpy(nmf_input):
     # one_step: out = Bs coef'^T, coef' = (coef / den) * (X^T Bs) with Bs, coef, den constant
     _, Bs, coef, _ = numpy_nmf(x, bases, steps=7)
     Bs, coef = Bs[0], coef[0]
-    X = x.reshape(16, 64).astype(np.float64)
     Wm = weight.reshape(16, 64).astype(np.float64)
     den = coef @ (Bs.T @ Bs) + 1e-6
     d_coef_final = Wm.T @ Bs                       # (N, R)

@@ -96,6 +96,18 @@ def variants(ref, tmp_path_factory):
     return _Variants(ref, tmp_path_factory.mktemp("parity"))
 
 
+@pytest.fixture(params=["kernels-on", "kernels-off"])
+def kernels(request):
+    """Each numeric check runs twice: with jseg's CPU kernels and block fusion, and with them
+    switched off (`jseg.ops.disabled()`, as JSEG_CPU_KERNELS=0): Jittor's own ops, the maths
+    that runs on CUDA, held to the same tolerances."""
+    from jseg import ops
+    with contextlib.ExitStack() as stack:
+        if request.param == "kernels-off":
+            stack.enter_context(ops.disabled())
+        yield request.param
+
+
 def _input(shape, seed, batch=1):
     return np.random.default_rng(seed).standard_normal((batch, 3) + shape).astype(np.float32)
 
@@ -112,25 +124,15 @@ def _check_eval(result, what):
 
 @pytest.mark.parametrize("size", EVAL_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("variant", ["t", "s"])
-def test_eval_logits_match_mmseg(ref, variants, variant, size):
+def test_eval_logits_match_mmseg(ref, variants, kernels, variant, size):
     _, ref_model, _, model = variants.get(variant)
     result = parity.eval_parity(ref, ref_model, model, _input(size, seed=10), seed=20)
-    _check_eval(result, f"SegNeXt-{variant.upper()} eval, input {size[0]}x{size[1]}")
-
-
-def test_eval_logits_match_mmseg_with_the_cpu_kernels_off(ref, variants):
-    """JSEG_CPU_KERNELS=0 / jseg.ops.disabled(): Jittor's own ops, as on CUDA, within the same
-    tolerances."""
-    from jseg import ops
-    _, ref_model, _, model = variants.get("t")
-    with ops.disabled():
-        result = parity.eval_parity(ref, ref_model, model, _input((64, 64), seed=10), seed=20)
-    _check_eval(result, "SegNeXt-T eval with jseg's CPU kernels off, input 64x64")
+    _check_eval(result, f"SegNeXt-{variant.upper()} eval ({kernels}), input {size[0]}x{size[1]}")
 
 
 @extended
 @pytest.mark.parametrize("variant", ["b", "l"])
-def test_eval_logits_match_mmseg_large_variants(ref, variants, variant):
+def test_eval_logits_match_mmseg_large_variants(ref, variants, kernels, variant):
     _, ref_model, _, model = variants.get(variant)
     result = parity.eval_parity(ref, ref_model, model, _input((64, 64), seed=11), seed=21)
     _check_eval(result, f"SegNeXt-{variant.upper()} eval, input 64x64")
@@ -153,7 +155,7 @@ def test_official_key_names_convert_to_the_same_model(ref, variants, variant):
     _check_eval(result, f"SegNeXt-{variant.upper()} from official key names, input 64x64")
 
 
-def test_slide_inference_matches_mmseg(ref, variants):
+def test_slide_inference_matches_mmseg(ref, variants, kernels):
     slide = ("model.test_cfg.mode=slide", "model.test_cfg.crop_size=[64,64]",
              "model.test_cfg.stride=[48,48]")
     _, ref_model, _, model = variants.get("t", slide)
@@ -164,7 +166,7 @@ def test_slide_inference_matches_mmseg(ref, variants):
 
 
 @pytest.mark.parametrize("variant", ["t", pytest.param("s", marks=extended)])
-def test_training_step_matches_mmseg(ref, variants, variant):
+def test_training_step_matches_mmseg(ref, variants, kernels, variant):
     _, ref_model, _, model = variants.get(variant, NO_DROP)
     rng = np.random.default_rng(14)
     label = rng.integers(0, 150, size=(2, 64, 64))
@@ -193,7 +195,7 @@ def test_training_step_matches_mmseg(ref, variants, variant):
     scale = float(np.median([ref_norm for _, ref_norm, _ in grads.values()]))
     zero_max = max(max(ref_norm, norm) for _, ref_norm, norm in zero.values())
     report = "\n".join([
-        f"SegNeXt-{variant.upper()} training step, batch 2 x 64x64",
+        f"SegNeXt-{variant.upper()} training step ({kernels}), batch 2 x 64x64",
         f"loss_ce: ours {loss:.7f}, mmseg {ref_loss:.7f}, rel {loss_rel:.2e} "
         f"(tolerance {TOL['loss_rel']:g}); acc_seg ours {acc:.4f}, mmseg {ref_acc:.4f}",
         f"gradients of {len(grads)} parameters: worst rel {grads[worst_grad][0]:.2e} "

@@ -16,9 +16,10 @@ from conftest import DEMO_CONFIG, ROOT, TINY_OVERRIDES as TINY
 
 RUN_NET = os.path.join(ROOT, "tools", "run_net.py")
 
-def run_net(*args, expect=0):
+def run_net(*args, expect=0, env=None):
     out = subprocess.run([sys.executable, RUN_NET, "--no-progress", *args],
-                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+                         capture_output=True, text=True, cwd=ROOT, timeout=900,
+                         env=None if env is None else dict(os.environ, **env))
     errors = [l for l in out.stderr.splitlines() if l.startswith(("error:", "Traceback"))]
     assert out.returncode == expect, (out.returncode, errors, out.stderr[-3000:])
     return out
@@ -93,6 +94,24 @@ def test_val_is_repeatable_and_test_writes_predictions(demo_root, straight_run, 
     import cv2
     pred = cv2.imread(str(tmp_path / pngs[0]), cv2.IMREAD_UNCHANGED)
     assert pred.shape == (48, 64) and pred.max() < 6, (pred.shape, pred.max())
+
+
+def test_training_and_val_with_the_cpu_kernels_off(demo_root, straight_run, tmp_path):
+    """JSEG_CPU_KERNELS=0 trains and evaluates on Jittor's own ops, the maths that runs on
+    CUDA: the same losses and validation metrics as with jseg's CPU kernels, to float32
+    rounding."""
+    run_net(*train_args(demo_root, tmp_path, 4), env={"JSEG_CPU_KERNELS": "0"})
+    on = {r["iter"]: r["loss"] for r in train_records(straight_run)}
+    off = {r["iter"]: r["loss"] for r in train_records(tmp_path)}
+    assert sorted(off) == [1, 2, 3, 4], off
+    for it in on:
+        assert abs(on[it] - off[it]) <= 1e-4 * abs(on[it]), (it, on[it], off[it])
+
+    def val_metrics(work_dir):
+        with open(os.path.join(work_dir, "metrics.jsonl")) as f:
+            return [r for r in map(json.loads, f) if r["mode"] == "val"][-1]
+    a, b = val_metrics(straight_run), val_metrics(tmp_path)
+    assert abs(a["mIoU"] - b["mIoU"]) <= 0.1 and abs(a["aAcc"] - b["aAcc"]) <= 0.1, (a, b)
 
 
 def test_nan_loss_stops_with_the_iteration_and_keeps_checkpoints(demo_root, tmp_path):
