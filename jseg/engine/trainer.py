@@ -407,7 +407,7 @@ class _Meter:
         """After an evaluation: its time is not an iteration's."""
         self.t_line = self.t_end = time.time()
 
-    def update(self, done, loss_value, losses, lr, data_time):
+    def update(self, done, loss_value, losses, lr, data_time, loss_scale=None):
         now = time.time()
         self.bar.update(1)
         self.window.append(loss_value)
@@ -423,6 +423,8 @@ class _Meter:
                       "loss_avg": float(np.mean(self.window)), **values,
                       "time": (now - self.t_last) / len(self.window), "data_time": data_time,
                       "memory_mb": _memory_mb()}
+            if loss_scale is not None:  # mixed precision: the dynamic loss scale after the step
+                record["loss_scale"] = loss_scale
             self.t_last = self.t_line = now
             self.window = []
             self.run_log.record(**record)
@@ -470,7 +472,8 @@ def _train(cfg, model, s, run_log, progress, rank, world, is_main):
                     "optimizer.lr, set optimizer.grad_clip, or check the data, then resume "
                     "from it")
             done = it + 1
-            meter.update(done, loss_value, losses, lrs[0], data_time)
+            meter.update(done, loss_value, losses, lrs[0], data_time,
+                         None if s.scaler is None else s.scaler.scale)
             if is_main and (done % train_cfg.checkpoint_interval == 0 or done == max_iters):
                 _save(cfg, model, s, done)
             interval = train_cfg.eval_interval
