@@ -11,11 +11,18 @@ data (finite, falling, loss scale); resume exactness; inference ms/img and train
 of T/S/B/L at 512x512, fp32 and AMP, GPU memory; mmseg's numbers on the same GPU where
 PyTorch and mmsegmentation import. Exit 0 when every check passed, 1 otherwise.
 """
+import glob
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+if glob.glob("/dev/nvidia[0-9]*"):  # before jseg sets Jittor's environment
+    # Most of a first GPU run is nvcc compiling kernels: let Jittor compile a graph's
+    # kernels in parallel here (jseg's default compiles on the calling thread, see
+    # jseg.utils.env); a value in the environment wins.
+    os.environ.setdefault("use_parallel_op_compiler", str(min(16, os.cpu_count() or 1)))
 
 from jseg.utils.cli import ToolParser  # noqa: E402
 

@@ -291,10 +291,13 @@ def compile_check(jittor_directory, arch="90", cuda_libs=None, work_dir=None, co
     _install_stand_ins(view, int(arch))
     root = Path(__file__).resolve().parents[2]
     config = config or root / "configs" / "segnext" / "segnext_mscan-t_ade20k-512x512.yaml"
-    # the Jittor checked is the one at jittor_directory, whichever Python installation has it
+    # the Jittor checked is the one at jittor_directory (put first on the path only when it
+    # is not this Python's own: site-packages first would shadow the standard library)
+    path = [str(root)]
+    if Path(jittor_directory).resolve() != jittor_cuda13.jittor_dir().resolve():
+        path.insert(0, str(Path(jittor_directory).resolve().parent))
     env = dict(os.environ, HOME=str(work / "home"), nvcc_path=str(view / "bin" / "nvcc"),
-               use_cutlass="0", PYTHONPATH=os.pathsep.join(
-                   [str(Path(jittor_directory).resolve().parent), str(root)]))
+               use_cutlass="0", PYTHONPATH=os.pathsep.join(path))
     env.pop("JITTOR_HOME", None)
     (work / "home").mkdir(parents=True, exist_ok=True)
     out(f"compile check: nvcc {version[0]}.{version[1]} ({nvcc}), sm_{arch}, Jittor at "

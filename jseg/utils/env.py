@@ -135,7 +135,9 @@ def configure_jittor():
     if toolkit.nvcc is not None and "nvcc_path" not in os.environ:
         # An empty nvcc path keeps Jittor from trying CUDA without a usable toolkit.
         os.environ["nvcc_path"] = toolkit.nvcc
-    if toolkit.problem:
+    if toolkit.problem and toolkit.uses_cuda:  # your own nvcc_path: left as you set it
+        logger.warning("nvcc_path=%s: %s", toolkit.nvcc, toolkit.problem)
+    elif toolkit.problem:
         logger.warning("CUDA is not used, running on CPU: %s", toolkit.problem)
     if toolkit.uses_cuda:
         # On CUDA, Jittor 1.3.11 downloads CUTLASS at start (not in jittor-offline), which
