@@ -19,16 +19,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jseg.utils import jittor_cuda13 as fix  # noqa: E402
-from jseg.utils.toolkit import find_system_nvcc, nvcc_version  # noqa: E402
+from jseg.utils.env import users_nvcc_path  # noqa: E402
+from jseg.utils.toolkit import nvcc_candidates  # noqa: E402
 
 
 def _cuda13_nvcc():
     """The first nvcc of CUDA 13 or newer that Jittor could pick up here, or None."""
-    for path in ([os.environ["nvcc_path"]] if os.environ.get("nvcc_path") else find_system_nvcc()):
-        version = nvcc_version(path)
-        if version and version[0] >= 13:
-            return path, version
-    return None
+    return next(((p, v) for p, v in nvcc_candidates(users_nvcc_path()) if v and v[0] >= 13), None)
 
 
 def main(argv=None):

@@ -26,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from jseg.utils.toolkit import (REQUIRED_LIBRARIES, build_toolkit_view, find_system_nvcc,
-                                library_roots, missing_libraries, nvcc_version, toolkit_root)
+from jseg.utils.env import users_nvcc_path
+from jseg.utils.toolkit import (REQUIRED_LIBRARIES, build_toolkit_view, library_roots,
+                                missing_libraries, nvcc_candidates, toolkit_root)
 
 __all__ = ["compile_check"]
 
@@ -250,27 +251,17 @@ print("COMPILE-CHECK " + json.dumps(facts))
 """
 
 
-def _nvcc_for_check():
-    if os.environ.get("nvcc_path"):
-        return os.environ["nvcc_path"]
-    found = [(p, nvcc_version(p)) for p in find_system_nvcc()]
-    found = [f for f in found if f[1]]
-    if not found:
-        return None
-    return max(found, key=lambda f: f[1])[0]
-
-
 def compile_check(jittor_directory, arch="90", cuda_libs=None, work_dir=None, config=None,
                   out=print):
     """Run the check and print its result; returns the exit code (0: everything compiled)."""
     from jseg.utils import jittor_cuda13
 
-    nvcc = _nvcc_for_check()
-    if nvcc is None:
-        out("error: no nvcc found (PATH, /usr/local/cuda/bin); fix: install a CUDA toolkit or "
-            "set nvcc_path=/path/to/nvcc", file=sys.stderr)
+    found = [(p, v) for p, v in nvcc_candidates(users_nvcc_path()) if v]
+    if not found:
+        out("error: no nvcc found (nvcc_path, PATH, /usr/local/cuda/bin); fix: install a CUDA "
+            "toolkit or set nvcc_path=/path/to/nvcc", file=sys.stderr)
         return 1
-    version = nvcc_version(nvcc)
+    nvcc, version = max(found, key=lambda f: f[1])  # the newest: the point is CUDA 13
     fix_state = jittor_cuda13.state(jittor_directory)
     if version[0] >= 13 and fix_state != "applied":
         out(f"error: Jittor's CUDA 13 fix is {fix_state} at {jittor_directory}; fix: "

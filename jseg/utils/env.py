@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["configure_jittor", "gpu_available", "onednn_source", "init_device", "cuda_toolkit",
+           "users_nvcc_path",
            "environment_report", "restore_openmp_defaults", "DNNL_ARCHIVE", "OPENMP_SPINCOUNT"]
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ OPENMP_SPINCOUNT = "1000"
 _configured = False
 _spincount_set_here = False
 _toolkit = None
+_users_nvcc_path = None
 
 
 def gpu_available():
@@ -74,6 +76,12 @@ def _cuda13_fix_ready():
         return False
 
 
+def users_nvcc_path():
+    """The `nvcc_path` variable as the user set it (None: unset), not as jseg set it for
+    Jittor."""
+    return _users_nvcc_path if _configured else os.environ.get("nvcc_path")
+
+
 def cuda_toolkit():
     """The `jseg.utils.toolkit.Toolkit` chosen for this process (decided once)."""
     global _toolkit
@@ -103,10 +111,11 @@ def configure_jittor():
 
     Variables the user has already set are respected. Safe to call twice.
     """
-    global _configured, _spincount_set_here
+    global _configured, _spincount_set_here, _users_nvcc_path
     if _configured:
         return
     _configured = True
+    _users_nvcc_path = os.environ.get("nvcc_path")
     if "jittor" in sys.modules:
         logger.warning("jittor was imported before jseg; jseg could not choose its "
                        "device and oneDNN settings (import jseg first)")

@@ -31,7 +31,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 __all__ = ["Toolkit", "choose_toolkit", "detect_toolkit", "complete_toolkit",
-           "driver_cuda_version", "nvcc_version", "find_system_nvcc", "find_jtcuda_nvcc",
+           "driver_cuda_version", "nvcc_version", "nvcc_candidates", "find_system_nvcc",
+           "find_jtcuda_nvcc",
            "toolkit_root", "has_toolkit_layout", "library_roots", "build_toolkit_view",
            "missing_libraries", "REQUIRED_LIBRARIES", "JTCUDA_INSTALL"]
 
@@ -176,6 +177,14 @@ def find_system_nvcc():
     return found
 
 
+def nvcc_candidates(user):
+    """[(nvcc path, (major, minor) or None)]: the user's `nvcc_path` if set, else
+    `find_system_nvcc()`'s. (An empty `nvcc_path` means CPU to `choose_toolkit`; here it
+    finds the system's, as a child of a jseg process inherits jseg's empty value.)"""
+    paths = [user] if user else find_system_nvcc()
+    return [(p, nvcc_version(p)) for p in paths]
+
+
 def find_jtcuda_nvcc(jittor_home):
     """Jittor's jtcuda nvcc under `jittor_home` (~/.cache/jittor), or None."""
     hits = sorted(glob.glob(os.path.join(jittor_home, "jtcuda", "*", "bin", "nvcc")))
@@ -287,8 +296,7 @@ def detect_toolkit(jittor_home, cuda13_fix_applied, views_dir=None):
     if driver is None:
         return choose_toolkit(driver, [], forced_cpu=forced_cpu)
     user = os.environ.get("nvcc_path")
-    paths = [user] if user else ([] if user == "" else find_system_nvcc())
-    candidates = [(p, nvcc_version(p)) for p in paths]
+    candidates = nvcc_candidates(user)
     needs_fix = any(v and v[0] >= 13 for _, v in candidates)
     choice = choose_toolkit(driver, candidates, find_jtcuda_nvcc(jittor_home), user,
                             cuda13_fix_applied() if needs_fix else False)
