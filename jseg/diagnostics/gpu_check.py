@@ -42,23 +42,20 @@ class Row(tuple):
         return super().__new__(cls, (section, check, result, verdict))
 
 
-def _device_scope(jt, cuda):
+@contextlib.contextmanager
+def _other_side(jt, cuda):
     """Run on the GPU, or (no GPU) on the CPU with jseg's kernels off."""
     from jseg import ops
 
-    @contextlib.contextmanager
-    def scope():
-        previous = jt.flags.use_cuda
-        if cuda:
-            jt.flags.use_cuda = 1
-            try:
-                yield
-            finally:
-                jt.flags.use_cuda = previous
-        else:
-            with ops.disabled():
-                yield
-    return scope
+    if not cuda:
+        with ops.disabled():
+            yield
+        return
+    previous, jt.flags.use_cuda = jt.flags.use_cuda, 1
+    try:
+        yield
+    finally:
+        jt.flags.use_cuda = previous
 
 
 def _logits_rows(jt, cuda, variants, size):
@@ -75,8 +72,8 @@ def _logits_rows(jt, cuda, variants, size):
         model.eval()
         img = np.random.default_rng(1).standard_normal((1, 3, *size)).astype(np.float32)
         outputs = []
-        for scope in (contextlib.nullcontext, _device_scope(jt, cuda)):
-            with scope(), jt.no_grad():
+        for side in (contextlib.nullcontext(), _other_side(jt, cuda)):
+            with side, jt.no_grad():
                 pin_jseg_bases(model, seed=2)
                 outputs.append(model.inference(jt.array(img)).numpy())
         jt.flags.use_cuda = 0
