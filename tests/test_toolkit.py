@@ -271,3 +271,15 @@ def test_full_cuda_compile_check():
     out = _tool("compile-check", timeout=3600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "compile check passed" in out.stdout
+
+
+def test_jittor_settings_follow_the_toolkit():
+    from jseg.utils.env import cuda_settings
+
+    assert cuda_settings(choose_toolkit(None, [CUDA13])) == {"nvcc_path": ""}
+    cuda12 = cuda_settings(choose_toolkit((13, 0), [CUDA12]))
+    assert cuda12 == {"nvcc_path": CUDA12[0], "use_cutlass": "0"}
+    # CUDA 13: Jittor's NCCL 2.8.4 does not build with it, so no NCCL
+    cuda13 = cuda_settings(choose_toolkit((13, 0), [CUDA13], cuda13_fix=True))
+    assert cuda13 == {"nvcc_path": CUDA13[0], "use_cutlass": "0", "use_nccl": "0"}
+    assert cuda_settings(choose_toolkit((13, 0), [], jtcuda="/j/bin/nvcc")) == {"use_cutlass": "0"}

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["configure_jittor", "gpu_available", "onednn_source", "init_device", "cuda_toolkit",
-           "users_nvcc_path",
+           "users_nvcc_path", "cuda_settings",
            "environment_report", "restore_openmp_defaults", "DNNL_ARCHIVE", "OPENMP_SPINCOUNT"]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,25 @@ def users_nvcc_path():
     """The `nvcc_path` variable as the user set it (None: unset), not as jseg set it for
     Jittor."""
     return _users_nvcc_path if _configured else os.environ.get("nvcc_path")
+
+
+def cuda_settings(toolkit):
+    """Jittor's environment variables for the chosen `toolkit` (jseg.utils.toolkit.Toolkit);
+    `configure_jittor` sets those the user has not set."""
+    settings = {}
+    if toolkit.nvcc is not None:
+        # "" keeps Jittor from trying CUDA without a usable toolkit
+        settings["nvcc_path"] = toolkit.nvcc
+    if toolkit.uses_cuda:
+        # Jittor 1.3.11 downloads CUTLASS at start on CUDA (not in jittor-offline, so
+        # offline it fails) and then compiles nothing from it.
+        settings["use_cutlass"] = "0"
+    if toolkit.uses_cuda and toolkit.version and toolkit.version[0] >= 13:
+        # Under MPI with GPUs Jittor builds NCCL 2.8.4 (from jittor-offline), which does not
+        # build with CUDA 13 (struct cudaLaunchParams is gone) and then fails Jittor's
+        # import. Without NCCL, Jittor's MPI all-reduce goes through host MPI: slower, runs.
+        settings["use_nccl"] = "0"
+    return settings
 
 
 def cuda_toolkit():
@@ -141,17 +160,12 @@ def configure_jittor():
         os.environ["GOMP_SPINCOUNT"] = OPENMP_SPINCOUNT
         _spincount_set_here = True
     toolkit = cuda_toolkit()
-    if toolkit.nvcc is not None and "nvcc_path" not in os.environ:
-        # An empty nvcc path keeps Jittor from trying CUDA without a usable toolkit.
-        os.environ["nvcc_path"] = toolkit.nvcc
+    for name, value in cuda_settings(toolkit).items():
+        os.environ.setdefault(name, value)
     if toolkit.problem and toolkit.uses_cuda:  # your own nvcc_path: left as you set it
         logger.warning("nvcc_path=%s: %s", toolkit.nvcc, toolkit.problem)
     elif toolkit.problem:
         logger.warning("CUDA is not used, running on CPU: %s", toolkit.problem)
-    if toolkit.uses_cuda:
-        # On CUDA, Jittor 1.3.11 downloads CUTLASS at start (not in jittor-offline), which
-        # fails offline, and then compiles nothing from it: skip it.
-        os.environ.setdefault("use_cutlass", "0")
     if os.environ.get("use_mkl", "1") == "1" and onednn_source() is None:
         os.environ["use_mkl"] = "0"
         logger.warning(
