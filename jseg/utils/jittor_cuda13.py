@@ -310,27 +310,26 @@ def _write(directory, patch, text):
         f.write(text.encode("utf-8"))
 
 
-def apply(directory=None):
-    """Patch every file not yet patched; returns the relative paths changed now."""
+def _rewrite(directory, when, change):
+    """Give every file in state `when` the text `change(patch, text)`; returns their paths.
+    The whole installation is checked first (`state`), so nothing is written to another
+    version or to files changed by someone else."""
     directory = Path(directory) if directory is not None else jittor_dir()
-    state(directory)  # refuses another version or foreign changes before writing anything
-    changed = []
+    state(directory)
+    done = []
     for patch in PATCHES:
         text = _read(directory, patch)
-        if _file_state(text, patch) == "original":
-            _write(directory, patch, patch.patched(text))
-            changed.append(patch.path)
-    return changed
+        if _file_state(text, patch) == when:
+            _write(directory, patch, change(patch, text))
+            done.append(patch.path)
+    return done
+
+
+def apply(directory=None):
+    """Patch every file not yet patched; returns the relative paths changed now."""
+    return _rewrite(directory, "original", FilePatch.patched)
 
 
 def revert(directory=None):
     """Restore every patched file to Jittor's original; returns the relative paths restored."""
-    directory = Path(directory) if directory is not None else jittor_dir()
-    state(directory)
-    restored = []
-    for patch in PATCHES:
-        text = _read(directory, patch)
-        if _file_state(text, patch) == "patched":
-            _write(directory, patch, patch.unpatched(text))
-            restored.append(patch.path)
-    return restored
+    return _rewrite(directory, "patched", FilePatch.unpatched)
