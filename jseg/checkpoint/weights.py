@@ -4,6 +4,7 @@ Jittor's own `Module.load_parameters` only logs unknown keys and shape
 mismatches; a checkpoint that does not fit must instead stop the user, so all
 loading goes through `load_state_dict` here.
 """
+import logging
 import os
 import re
 
@@ -11,6 +12,9 @@ import numpy as np
 
 from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
 from .writer import save_checkpoint_file
+from .zoo import fetch_weights, is_remote
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["WeightsMismatchError", "load_state_dict", "load_weights", "read_checkpoint",
            "read_training_checkpoint", "check_optimizer_state", "write_checkpoint",
@@ -94,9 +98,13 @@ def _check_values(arrays, source):
 def read_checkpoint(path, full=False):
     """Read a checkpoint safely (no code in it runs); returns (state_dict, whole object).
 
+    `path` may also be "zoo:NAME" or an http(s) URL (see `jseg.checkpoint.zoo`).
+
     `state_dict` is the flat name -> array dict (from `state_dict`, `model` or a flat file);
     the whole object is returned too when full=True (training checkpoints hold more).
     """
+    if is_remote(path):  # "zoo:NAME" or a URL: downloaded, verified, converted, cached
+        path = fetch_weights(path, log=logger.info)
     obj = load_checkpoint_file(path)
     state_dict, _ = unwrap_state_dict(obj)
     return state_dict, (obj if full else None)
