@@ -236,8 +236,13 @@ SCHEMA = Section(
             drop_path_rate=Field(float, 0.1, "stochastic depth at the last block (linear from 0)",
                                  _DROP_RATE),
             pretrained=Field(Optional(str), None,
-                             "backbone weights converted by weights_convert (imagenet format); "
-                             "loaded non-strictly into the backbone only"),
+                             "backbone weights: a file converted by weights_convert (imagenet "
+                             "format, or a segmentor's backbone.* keys), zoo:mscan_t/s/b/l or a "
+                             "URL; every MSCAN tensor must match unless pretrained_strict is "
+                             "false"),
+            pretrained_strict=Field(bool, True,
+                                    "false: start training even when the pretrained file "
+                                    "does not cover every MSCAN tensor (the rest stay random)"),
         ),
         decode_head=Section(
             "LightHamHead decoder",

@@ -2,6 +2,7 @@
 exact resume, checkpoints, evaluation output, NaN stop, bad input, and 2 MPI ranks."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -246,12 +247,9 @@ def test_ctrl_c_leaves_a_resumable_state(demo_root, tmp_path):
     assert any(n == f"iter_{last + 1:08d}.pkl" for n in os.listdir(ckpt_dir))
 
 
-def test_backbone_initialisation_is_non_strict_for_the_head_only(tmp_path):
-    """model.backbone.pretrained: backbone keys load (with or without the backbone. prefix),
-    the head keeps its init, a mis-shaped backbone key is an error."""
+def _backbone_pair():
+    """(cfg, model, a source backbone state dict of other weights) of the tiny demo model."""
     import jittor as jt
-    from jseg.checkpoint import WeightsMismatchError, write_checkpoint
-    from jseg.engine.trainer import _load_backbone_init
     from jseg.models import build_model
 
     cfg = load_config(DEMO_CONFIG, TINY)
@@ -259,20 +257,87 @@ def test_backbone_initialisation_is_non_strict_for_the_head_only(tmp_path):
     source = build_model(cfg.model)
     jt.set_global_seed(2)
     model = build_model(cfg.model)
+    return cfg, model, {k: v.numpy() for k, v in source.backbone.state_dict().items()}
+
+
+def test_backbone_initialisation_loads_the_backbone_only(tmp_path):
+    """model.backbone.pretrained: backbone keys load (with or without the backbone. prefix),
+    extra keys (a decode head, an ImageNet classifier) are ignored, the head keeps its init."""
+    from jseg.checkpoint import write_checkpoint
+    from jseg.engine.trainer import _load_backbone_init
+
+    _, model, backbone = _backbone_pair()
     head_before = model.decode_head.conv_seg.weight.numpy().copy()
-    backbone = {k: v.numpy() for k, v in source.backbone.state_dict().items()}
-    for name, state in (("plain.pkl", backbone),
+    classifier = {"head.weight": np.ones((10, 4), np.float32)}
+    for name, state in (("plain.pkl", {**backbone, **classifier}),
                         ("prefixed.pkl", {f"backbone.{k}": v for k, v in backbone.items()})):
         write_checkpoint(str(tmp_path / name), {"state_dict": state})
         _load_backbone_init(model, str(tmp_path / name))
         for k, v in model.backbone.state_dict().items():
             np.testing.assert_array_equal(v.numpy(), backbone[k], err_msg=k)
         np.testing.assert_array_equal(model.decode_head.conv_seg.weight.numpy(), head_before)
-    bad = dict(backbone)
-    bad["norm4.weight"] = np.ones(3, np.float32)
-    write_checkpoint(str(tmp_path / "bad.pkl"), {"state_dict": bad})
-    with pytest.raises(WeightsMismatchError, match=r"norm4.weight: file \(3,\) vs model \(64,\)"):
-        _load_backbone_init(model, str(tmp_path / "bad.pkl"))
+
+
+def test_backbone_initialisation_refuses_partial_matches(tmp_path, caplog):
+    """Fewer than all MSCAN tensors matched (a stage missing, another variant's shapes, an
+    unconverted PyTorch layout): TrainingError with the per-stage report and the fix, nothing
+    loaded; with strict=False (model.backbone.pretrained_strict=false) the matched tensors load
+    and the rest keep their init, with a warning."""
+    from jseg.checkpoint import write_checkpoint
+    from jseg.engine.trainer import TrainingError, _load_backbone_init
+
+    _, model, backbone = _backbone_pair()
+    before = {k: v.numpy().copy() for k, v in model.backbone.state_dict().items()}
+    n_all = len(backbone)
+    n_stage4 = sum(k.startswith(("patch_embed4.", "block4.", "norm4.")) for k in backbone)
+    no_stage4 = {k: v for k, v in backbone.items()
+                 if not k.startswith(("patch_embed4.", "block4.", "norm4."))}
+    misshaped = dict(backbone, **{"norm4.weight": np.ones(3, np.float32)})
+    official = {k.replace(".mlp.dwconv.", ".mlp.dwconv.dwconv."): v for k, v in backbone.items()}
+    official["norm1.num_batches_tracked"] = np.zeros((), np.int64)
+    cases = {
+        "no_stage4.pkl": (no_stage4, rf"{n_all - n_stage4}/{n_all} MSCAN tensors matched "
+                                     rf"\(stage 1 \d+/\d+, .*stage 4 0/{n_stage4}\)"),
+        "misshaped.pkl": (misshaped, r"norm4.weight: file \(3,\) vs model \(64,\)\), weights "
+                                     "of another MSCAN variant"),
+        "official.pkl": (official, r"in a PyTorch layout: convert it first"),
+    }
+    for name, (state, message) in cases.items():
+        write_checkpoint(str(tmp_path / name), {"state_dict": state})
+        with pytest.raises(TrainingError, match=message) as err:
+            _load_backbone_init(model, str(tmp_path / name))
+        assert "model.backbone.pretrained_strict=false" in str(err.value)
+        for k, v in model.backbone.state_dict().items():  # nothing was loaded
+            np.testing.assert_array_equal(v.numpy(), before[k], err_msg=k)
+
+    with caplog.at_level("WARNING", logger="jseg"):
+        _load_backbone_init(model, str(tmp_path / "no_stage4.pkl"), strict=False)
+    assert "pretrained_strict is false" in caplog.text
+    for k, v in model.backbone.state_dict().items():
+        expected = before[k] if k.startswith(("patch_embed4.", "block4.", "norm4.")) else backbone[k]
+        np.testing.assert_array_equal(v.numpy(), expected, err_msg=k)
+
+
+def test_training_stops_on_a_mismatched_backbone_file(demo_root, tmp_path):
+    """The command line: one error line with the per-stage report, exit 1, nothing trained;
+    model.backbone.pretrained_strict=false trains on."""
+    from jseg.checkpoint import write_checkpoint
+
+    _, _, backbone = _backbone_pair()
+    partial = tmp_path / "partial.pkl"
+    write_checkpoint(str(partial), {"state_dict": {k: v for k, v in backbone.items()
+                                                    if not k.startswith("block2.")}})
+    out = run_net(*train_args(demo_root, tmp_path / "run", 2),
+                  f"model.backbone.pretrained={partial}", expect=1)
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: backbone init from"), out.stderr[-2000:]
+    matched, total = map(int, re.search(r"stage 2 (\d+)/(\d+)", lines[-1]).groups())
+    assert matched < total and "block2.0." in lines[-1], lines[-1]
+    assert not os.path.exists(tmp_path / "run" / "checkpoints") or \
+        not os.listdir(tmp_path / "run" / "checkpoints")
+    run_net(*train_args(demo_root, tmp_path / "run2", 2), f"model.backbone.pretrained={partial}",
+            "model.backbone.pretrained_strict=false")
+    assert os.listdir(tmp_path / "run2" / "checkpoints")
 
 
 def test_unlabelled_split_predicts_without_metrics(demo_root, straight_run, tmp_path):

@@ -26,6 +26,7 @@ import logging
 import logging.handlers
 import math
 import os
+import re
 import resource
 import statistics
 import time
@@ -151,17 +152,59 @@ class _RunLog:
                 self.jsonl.close()
 
 
-def _load_backbone_init(model, path):
-    """Non-strict backbone initialisation from a converted ImageNet checkpoint."""
+def _stage_of(key):
+    """'block2.0.attn.proj_1.weight' -> 2 (patch_embed{i}, block{i}, norm{i} of MSCAN)."""
+    found = re.match(r"(?:patch_embed|block|norm)(\d+)\.", key)
+    return int(found.group(1)) if found else 0
+
+
+def _load_backbone_init(model, path, strict=True):
+    """Initialise the backbone from `path` (a converted ImageNet MSCAN, a segmentor whose
+    `backbone.*` keys are taken, or zoo:mscan_*), reporting the tensors matched per stage.
+
+    strict: refuse (TrainingError) unless every MSCAN tensor is matched by name and shape;
+    otherwise load what matches and warn about the rest, which keeps its random init.
+    """
     state, _ = read_checkpoint(path)
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    missing, unexpected = load_state_dict(model.backbone, state, strict=False,
-                                          source=f"{path} (backbone initialisation)")
-    if missing or unexpected:
-        logger.warning("backbone init from %s: %d backbone keys missing, %d unexpected",
-                       path, len(missing), len(unexpected))
-    logger.info("backbone initialised from %s", path)
+    own = {k: tuple(v.shape) for k, v in model.backbone.state_dict().items()}
+    matched = {k for k, v in state.items() if own.get(k) == tuple(np.shape(v))}
+    misshaped = sorted(k for k in state if k in own and k not in matched)
+    missing = sorted(k for k in own if k not in matched)
+    stages = sorted({_stage_of(k) for k in own})
+    per_stage = ", ".join(
+        f"stage {i} {sum(_stage_of(k) == i for k in matched)}/"
+        f"{sum(_stage_of(k) == i for k in own)}" for i in stages)
+    report = (f"backbone init from {path}: {len(matched)}/{len(own)} MSCAN tensors matched "
+              f"({per_stage})")
+    if missing:
+        parts = [f"{len(missing)} not matched (e.g. {', '.join(missing[:3])})"]
+        if misshaped:
+            k = misshaped[0]
+            parts.append(f"{len(misshaped)} of them have another shape ({k}: file "
+                         f"{tuple(np.shape(state[k]))} vs model {own[k]}), weights of another "
+                         "MSCAN variant")
+        if any(".mlp.dwconv.dwconv." in k or k.endswith("num_batches_tracked") for k in state):
+            parts.append("the file is in a PyTorch layout: convert it first with "
+                         "python weights_convert/convert.py SRC DST --format imagenet")
+        if not strict:
+            logger.warning("%s; %s; model.backbone.pretrained_strict is false, so these keep "
+                           "their random initialisation", report, "; ".join(parts))
+        else:
+            raise TrainingError(
+                f"{report}; {'; '.join(parts)}. Use weights of this variant converted by "
+                "weights_convert (or zoo:mscan_t/s/b/l), or set "
+                "model.backbone.pretrained_strict=false to train knowingly with the "
+                "unmatched tensors at their random initialisation")
+    else:
+        logger.info(report)
+    load_state_dict(model.backbone, {k: state[k] for k in matched}, strict=False,
+                    source=f"{path} (backbone initialisation)")
+    ignored = len(state) - len(matched) - len(misshaped)
+    if ignored:
+        logger.info("backbone init: %d tensors of %s are not MSCAN's and were ignored (e.g. "
+                    "an ImageNet classifier or a decode head)", ignored, path)
 
 
 def _optimizer_state(optimizer):
@@ -301,7 +344,8 @@ def _prepare(cfg, model, work, resume, load_from, seed, is_main, world):
         if is_main:
             work.check_fresh_start()
         if cfg.model.backbone.pretrained:
-            _load_backbone_init(model, cfg.model.backbone.pretrained)
+            _load_backbone_init(model, cfg.model.backbone.pretrained,
+                                cfg.model.backbone.pretrained_strict)
         if load_from is not None:
             state, _ = read_checkpoint(load_from)
             load_state_dict(model, state, strict=True, source=load_from)

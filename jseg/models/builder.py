@@ -3,7 +3,7 @@
 The section is a mapping (plain nested dicts are fine):
 
     backbone:    {type: MSCAN, in_channels, embed_dims, depths, mlp_ratios, drop_rate,
-                  drop_path_rate, pretrained (skipped: the trainer loads it)}
+                  drop_path_rate, pretrained, pretrained_strict (skipped: the trainer loads it)}
     decode_head: {type: LightHamHead, in_channels, in_index, channels, ham_channels,
                   num_classes, dropout_ratio, norm_groups, align_corners, ignore_index,
                   loss_weight, class_weight, ham: {md_s, md_r, train_steps, eval_steps, inv_t,
@@ -68,7 +68,8 @@ def build_backbone(cfg):
     the built backbone (jseg.engine.trainer), so it is skipped here.
     """
     cls = _pick_class("model.backbone", cfg, BACKBONES)
-    kwargs = {k: _plain(v) for k, v in cfg.items() if k not in ("type", "pretrained")}
+    kwargs = {k: _plain(v) for k, v in cfg.items()
+              if k not in ("type", "pretrained", "pretrained_strict")}
     _check_kwargs("model.backbone", cls, kwargs)
     return cls(**kwargs)
 
