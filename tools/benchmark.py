@@ -28,6 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.checkpoint.zoo import is_remote  # noqa: E402
 from jseg.config import load_config  # noqa: E402  (jseg configures Jittor; no Jittor yet)
 from jseg.diagnostics.benchmark import (MODES, VS_TORCH_HINT, check_settings,  # noqa: E402
                                   format_report, run_benchmark, torch_available)
@@ -37,8 +38,8 @@ def parse_args(argv=None):
     parser = ToolParser(__doc__)
     parser.add_argument("--config-file", required=True, help="YAML config")
     parser.add_argument("--checkpoint", default=None,
-                        help="weights (converted by weights_convert or saved by training); "
-                             "default: random weights")
+                        help="weights (converted by weights_convert or saved by training, or "
+                             "zoo:NAME); default: random weights")
     parser.add_argument("--shape", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                         help="input height and width (default 512 512)")
     parser.add_argument("--batch", type=int, default=1, help="images per iteration (default 1)")
@@ -69,7 +70,8 @@ def main(argv=None):
         if args.vs_torch and not torch_available():
             raise ValueError(VS_TORCH_HINT)
         cfg = load_config(args.config_file, overrides=args.overrides)
-        if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
+        if args.checkpoint is not None and not os.path.isfile(args.checkpoint) \
+                and not is_remote(args.checkpoint):
             raise ValueError(f"--checkpoint {args.checkpoint}: no such file")
     except (ValueError, OSError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)

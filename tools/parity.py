@@ -30,13 +30,15 @@ import numpy as np  # noqa: E402
 
 from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.config import load_config  # noqa: E402  (jseg configures Jittor)
+from jseg.checkpoint.zoo import fetch_source, is_remote  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = ToolParser(__doc__)
     parser.add_argument("--config-file", required=True, help="YAML config of the model")
     parser.add_argument("--checkpoint", required=True,
-                        help="PyTorch checkpoint (.pth) in mmseg 1.x or official key names")
+                        help="PyTorch checkpoint (.pth) in mmseg 1.x or official key names, "
+                             "or zoo:NAME (the downloaded mmseg file)")
     parser.add_argument("--image", default=None, help="input image (default: random input)")
     parser.add_argument("--shape", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="input size (random input: default 512 512; with --image: resize)")
@@ -80,6 +82,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = load_config(args.config_file, overrides=args.overrides)
+        if is_remote(args.checkpoint):  # zoo:NAME or a URL: the downloaded PyTorch file
+            args.checkpoint = fetch_source(args.checkpoint)[0]
         if not os.path.isfile(args.checkpoint):
             raise BadInput(f"--checkpoint {args.checkpoint}: no such file")
         img = read_input(args, cfg)

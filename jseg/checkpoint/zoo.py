@@ -28,6 +28,7 @@ from jseg.utils.download import DownloadError, download, sha256_of
 
 from .convert import convert_checkpoint
 from .mapping import ConversionError
+from .safe_pickle import CheckpointError
 
 __all__ = ["ZooModel", "MODELS", "ZooError", "is_remote", "cache_dir", "source_url",
            "fetch_source", "fetch_weights", "cached_path"]
@@ -76,8 +77,8 @@ MODELS = {m.name: m for m in (
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8})\.pth$")
 
 
-class ZooError(ConversionError):
-    """An unknown zoo name or a bad URL; str(e) says which names exist."""
+class ZooError(CheckpointError):
+    """An unknown zoo name, a bad URL, or a download that is not a SegNeXt checkpoint."""
 
 
 def is_remote(spec):
@@ -181,7 +182,7 @@ def fetch_source(spec, progress=True, log=print):
 def fetch_weights(spec, progress=True, log=print):
     """A local checkpoint in our format for "zoo:NAME" / a URL; cached after the first call.
 
-    Raises ZooError / DownloadError / CheckpointError / ConversionError (one line each).
+    Raises ZooError / DownloadError / CheckpointError (one line each).
     """
     entry, url = _entry(spec)
     raw, converted = _paths(entry, url)
@@ -191,5 +192,8 @@ def fetch_weights(spec, progress=True, log=print):
     with _locked(converted):
         if not os.path.exists(converted):
             os.makedirs(os.path.dirname(converted), exist_ok=True)
-            convert_checkpoint(source, converted, fmt, log=log)
+            try:
+                convert_checkpoint(source, converted, fmt, log=log)
+            except ConversionError as e:  # callers of read_checkpoint expect CheckpointError
+                raise ZooError(f"{spec}: {e}") from None
     return converted
