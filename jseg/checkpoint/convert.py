@@ -8,6 +8,10 @@ the backbone keys only). Floating-point weights are stored as float32, as the mo
 holds them. DST is written atomically as {"state_dict": {...}, "meta": {...}}: on any
 error nothing is written and an existing DST is left as it was. The command line is
 weights_convert/convert.py.
+
+The meta keeps what the way back to mmseg (`jseg.checkpoint.export`) needs besides the
+weights: the class names and palette the source recorded, and the values of the BatchNorm
+step counters (`num_batches_tracked`, which our model does not have), by key.
 """
 import hashlib
 import os
@@ -23,7 +27,7 @@ from .safe_pickle import (CheckpointError, load_checkpoint_file, sniff_checkpoin
                           unwrap_state_dict)
 from .writer import save_checkpoint_file
 
-__all__ = ["convert_checkpoint", "expected_shapes_from_config", "file_sha256"]
+__all__ = ["convert_checkpoint", "expected_shapes_from_config", "file_sha256", "as_palette"]
 
 
 def expected_shapes_from_config(path):
@@ -51,6 +55,27 @@ def _class_names(meta):
     if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
         return list(names)
     return None
+
+
+def _palette(meta, num_classes):
+    """The palette recorded by mmcv (PALETTE) or mmengine (dataset_meta.palette), if any."""
+    colors = meta.get("PALETTE")
+    if colors is None and isinstance(meta.get("dataset_meta"), dict):
+        colors = meta["dataset_meta"].get("palette")
+    return as_palette(colors, num_classes)
+
+
+def as_palette(colors, num_classes):
+    """`colors` as a list of [r, g, b] ints if it is one colour of 0..255 per class, else
+    None."""
+    try:
+        colors = [[int(v) for v in c] for c in colors]
+    except (TypeError, ValueError):
+        return None
+    if len(colors) != num_classes or any(len(c) != 3 or not all(0 <= v < 256 for v in c)
+                                         for c in colors):
+        return None
+    return colors
 
 
 def convert_checkpoint(src, dst, fmt="auto", config_file=None, log=print):
@@ -100,6 +125,11 @@ def convert_checkpoint(src, dst, fmt="auto", config_file=None, log=print):
     classes = _class_names(meta)
     if classes is not None:
         out_meta["classes"] = classes
+        palette = _palette(meta, len(classes))
+        if palette is not None:
+            out_meta["palette"] = palette
+    if report["num_batches_tracked"]:
+        out_meta["num_batches_tracked"] = report["num_batches_tracked"]
     try:
         save_checkpoint_file(dst, {"state_dict": converted, "meta": out_meta})
     except OSError as e:
@@ -113,6 +143,9 @@ def convert_checkpoint(src, dst, fmt="auto", config_file=None, log=print):
         f"({report['renamed']} renamed), {n_dropped} dropped")
     for why, keys in report["dropped"].items():
         log(f"  dropped {len(keys)}: {why}")
+    if report["num_batches_tracked"]:
+        log(f"  {len(report['num_batches_tracked'])} num_batches_tracked values kept in the "
+            "meta (for the export back to mmseg)")
     if widened:
         log(f"  {len(widened)} floating-point arrays stored as float32 (as the model holds them)")
     left_out = [k for k in checkpoint if k not in ("state_dict", "model", "meta")] \

@@ -21,13 +21,19 @@ else stops the conversion with the list of leftover keys, which is also how a
 checkpoint of another architecture is rejected. `decode_head.hamburger.ham.bases`
 (present only when a model was trained with rand_init=False) is kept: it is a
 real SegNeXt buffer, and a model without it will report it as unexpected.
+
+The way back, ours -> mmseg 1.x (`to_mmseg_state_dict`), keeps every key and adds each
+BatchNorm's `num_batches_tracked`: the values the conversion read from the source
+(`convert_state_dict` reports them, by their key in our naming), 0 for the others.
 """
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["ConversionError", "FORMATS", "OUR_KEY_PATTERNS", "mscan_variants", "detect_format",
            "convert_state_dict", "check_against_model", "segnext_state_shapes",
-           "infer_state_shapes", "describe_architecture", "is_our_key"]
+           "infer_state_shapes", "describe_architecture", "is_our_key", "to_mmseg_state_dict"]
 
 
 class ConversionError(ValueError):
@@ -153,7 +159,9 @@ def detect_format(keys):
 def convert_state_dict(state, fmt):
     """Convert a flat state dict in layout `fmt` to ours; returns (converted, report).
 
-    report = {"mapped": int, "renamed": int, "dropped": {reason: [source keys]}}.
+    report = {"mapped": int, "renamed": int, "dropped": {reason: [source keys]},
+    "num_batches_tracked": {key in our naming: int}} (the dropped BatchNorm step counters
+    that hold an integer, for `to_mmseg_state_dict`).
     Raises ConversionError listing every key that is neither mapped nor dropped.
     """
     if fmt not in FORMATS:
@@ -179,16 +187,22 @@ def convert_state_dict(state, fmt):
                                   f"prefixes, but {len(prefixed)} keys do (e.g. {prefixed[0]}); "
                                   "try --format auto")
 
-    converted, dropped, leftover, renamed = {}, {}, [], 0
+    def rename(key):
+        for pattern, replacement in spec.renames:
+            match = pattern.fullmatch(key)
+            key = match.expand(replacement) if match else key
+        return key
+
+    converted, dropped, leftover, renamed, counters = {}, {}, [], 0, {}
     for key, value in state.items():
         reason = next((why for pattern, why in spec.drops if pattern.fullmatch(key)), None)
         if reason is not None:
             dropped.setdefault(reason, []).append(key)
+            count = _step_count(value) if reason == _NBT_DROP[1] else None
+            if count is not None:
+                counters[rename(key)] = count
             continue
-        target = key
-        for pattern, replacement in spec.renames:
-            match = pattern.fullmatch(target)
-            target = match.expand(replacement) if match else target
+        target = rename(key)
         if not is_our_key(target):
             leftover.append(key)
             continue
@@ -205,7 +219,64 @@ def convert_state_dict(state, fmt):
             f"{len(leftover)} of {len(keys)} keys are neither SegNeXt keys of a {spec.source} "
             f"nor dropped on purpose: {_listing(leftover)}.{hint} Is this a checkpoint of "
             "another architecture or layout?")
-    return converted, {"mapped": len(converted), "renamed": renamed, "dropped": dropped}
+    return converted, {"mapped": len(converted), "renamed": renamed, "dropped": dropped,
+                       "num_batches_tracked": counters}
+
+
+def _step_count(value):
+    """A num_batches_tracked value as an int; None if it is not one integer (then it is
+    dropped unrecorded: mmseg's BatchNorm does not use it, see to_mmseg_state_dict)."""
+    value = value if hasattr(value, "dtype") else None
+    if value is None or value.dtype.kind not in "iu" or value.size != 1:
+        return None
+    return int(value.reshape(()))
+
+
+def to_mmseg_state_dict(state, num_batches_tracked=None):
+    """Our flat state dict -> mmsegmentation 1.x's (the inverse of the "mmseg" format).
+
+    The keys stay as they are (ours are mmseg's); after every BatchNorm's running_var comes
+    its `num_batches_tracked`, an int64 scalar: the value in `num_batches_tracked` (key ->
+    int, as convert_state_dict reports it and the converter keeps it in the meta), else 0.
+    The value is only a step counter: mmseg's BatchNorm (momentum 0.1, as in every SegNeXt
+    config) does not read it, in training or at eval, so 0 for weights trained here changes
+    nothing; the recorded values make mmseg -> jseg -> mmseg give back identical tensors.
+
+    Returns (mmseg_state, report), report = {"mapped": int, "recorded": int, "zero": int}
+    (counters taken from `num_batches_tracked` / set to 0). Raises ConversionError listing
+    keys that are not keys of our layout, and counters that belong to no BatchNorm.
+    """
+    if num_batches_tracked is not None and not isinstance(num_batches_tracked, dict):
+        raise ConversionError("recorded num_batches_tracked values must be a dict of key -> "
+                              f"int, got a {type(num_batches_tracked).__name__}")
+    counters = dict(num_batches_tracked or {})
+    leftover = [k for k in state if not is_our_key(k)]
+    if leftover:
+        hint = ""
+        if any(k.endswith(".num_batches_tracked") or ".mlp.dwconv.dwconv." in k
+               for k in leftover):
+            hint = (" (num_batches_tracked or 'mlp.dwconv.dwconv.' keys: a PyTorch or JSeg "
+                    "checkpoint; convert it to ours with weights_convert/convert.py first)")
+        raise ConversionError(f"{len(leftover)} of {len(state)} keys are not keys of our "
+                              f"SegNeXt layout: {_listing(leftover)}{hint}")
+    norms = [k[:-len("running_var")] for k in state if k.endswith(".running_var")]
+    stray = [k for k in counters if not (k.endswith(".num_batches_tracked") and
+                                         k[:-len("num_batches_tracked")] in norms)]
+    bad = [k for k, v in counters.items()
+           if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if stray or bad:
+        parts = ([f"{len(stray)} for no BatchNorm of the state dict ({_listing(stray)})"]
+                 if stray else []) + \
+            ([f"{len(bad)} not a non-negative int ({_listing(bad)})"] if bad else [])
+        raise ConversionError("recorded num_batches_tracked values do not fit: " + "; ".join(parts))
+    out, recorded = {}, 0
+    for key, value in state.items():
+        out[key] = value
+        if key.endswith(".running_var"):
+            nbt = key[:-len("running_var")] + "num_batches_tracked"
+            recorded += nbt in counters
+            out[nbt] = np.array(counters.get(nbt, 0), dtype=np.int64)
+    return out, {"mapped": len(state), "recorded": recorded, "zero": len(norms) - recorded}
 
 
 # ---------------------------------------------------------------------------
