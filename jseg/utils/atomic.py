@@ -12,6 +12,10 @@ A process killed mid-write leaves its temporary file (`.NAME.XXXXXXXX.tmp`);
 writer is active there (the trainer, holding the work dir's lock). The moments
 of a write can be killed on purpose for tests (`jseg.utils.failpoint`).
 
+`atomic_path(path)` is the same for writers that need a file name (cv2.VideoWriter):
+it gives a temporary path with the suffix of `path`, renamed over `path` when the
+`with` block ends normally and removed otherwise.
+
 `write_image(path, image)` writes an image that way: encoded in memory by
 OpenCV for the suffix of `path`, then written through `atomic_write`
 (`cv2.imwrite` writes in place and leaves an empty file on a full disk).
@@ -26,10 +30,11 @@ import numpy as np
 
 from .failpoint import failpoint
 
-__all__ = ["atomic_write", "stale_temp_files", "write_image"]
+__all__ = ["atomic_write", "atomic_path", "stale_temp_files", "write_image"]
 
 
-_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # what _open_temp names its files
+# what _open_temp names its files; atomic_path adds the suffix of the target (.tmp.mp4)
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[^.]+)?")
 
 
 def _open_temp(directory, name, temp=None):
@@ -106,8 +111,59 @@ def atomic_write(path, mode="wb", encoding=None, temp=None, durable=True):
         _fsync_directory(directory)
 
 
+@contextlib.contextmanager
+def atomic_path(path, durable=True):
+    """Context manager: `with atomic_path("out.mp4") as temp: write the file temp`.
+
+    For writers that take a file name rather than a file object (cv2.VideoWriter, which
+    picks the container from the suffix). `temp` is a new empty file in the folder of
+    `path`, named `.NAME.XXXXXXXX.tmp.SUFFIX`; when the block ends normally it is
+    (fsynced if `durable` and) renamed over `path`, which keeps its permission bits.
+    On an exception or an interrupt it is removed and `path` is left untouched.
+    The block must close its writer before it ends.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    stem, suffix = os.path.splitext(os.path.basename(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        temp = os.path.join(directory, f".{stem}.{secrets.token_hex(4)}.tmp{suffix}")
+        try:
+            fd = os.open(temp, flags, 0o666)  # claims the name; the writer opens it again
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:  # a missing or read-only folder: name the file asked for
+            raise OSError(e.errno, f"cannot create a file in {directory}: {e.strerror}",
+                          path) from None
+    try:
+        if os.path.exists(path):
+            with contextlib.suppress(OSError, AttributeError):
+                os.fchmod(fd, os.stat(path).st_mode & 0o7777)
+        os.close(fd)
+        fd = None
+        yield temp
+        if durable:
+            fd = os.open(temp, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            os.fsync(fd)
+            os.close(fd)
+            fd = None
+        failpoint("before-rename", path)
+        os.replace(temp, path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        raise
+    failpoint("after-rename", path)
+    if durable:
+        _fsync_directory(directory)
+
+
 def stale_temp_files(directory):
-    """Temporary files `atomic_write` left in `directory` when its process was killed.
+    """Temporary files `atomic_write` or `atomic_path` left in `directory` when its process
+    was killed.
 
     Only call this while no other process can be writing there (e.g. holding the
     work dir's lock): a live writer's temporary file looks the same.
