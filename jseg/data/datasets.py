@@ -5,6 +5,8 @@ A dataset lists (image, label) pairs once, when it is built, either by scanning
 label is the same relative path with the label suffix, under `ann_dir`) or
 from split files that name one sample per line (`name + suffix`). Several
 (ann_dir, split) pairs may be given for one img_dir, as VOC + SBD "aug" does.
+`list_samples` does the listing alone and returns the files that do not pair up
+instead of raising (tools/check_dataset.py reports them all).
 
 `dataset[i]` reads one sample:
 
@@ -35,8 +37,8 @@ from PIL import Image
 
 from .palettes import CLASSES, PALETTES, default_palette
 
-__all__ = ["DataError", "DatasetInfo", "DATASETS", "SegDataset", "build_dataset",
-           "dataset_settings", "read_image", "read_label", "reduce_zero_label"]
+__all__ = ["DataError", "DatasetInfo", "DATASETS", "SampleList", "SegDataset", "build_dataset",
+           "dataset_settings", "list_samples", "read_image", "read_label", "reduce_zero_label"]
 
 IGNORE_INDEX = 255
 _SHOW = 5  # how many offending files an error lists
@@ -59,29 +61,37 @@ class DatasetInfo:
     hint: str  # how to obtain the data, shown when the data root is missing
     # the id the dataset's own evaluation expects for each class (None: the class ids)
     label_ids: tuple = None
+    # (train, val) samples of the standard splits, for tools/check_dataset.py (None: no fixed
+    # count, e.g. iSAID patches, whose number depends on the patch settings)
+    num_samples: tuple = None
 
 
 DATASETS = {
     "ade20k": DatasetInfo(CLASSES["ade20k"], PALETTES["ade20k"], ".jpg", ".png", True,
-                          "download ADEChallengeData2016.zip and unpack it there"),
+                          "download ADEChallengeData2016.zip and unpack it there",
+                          num_samples=(20210, 2000)),
     "cityscapes": DatasetInfo(CLASSES["cityscapes"], PALETTES["cityscapes"],
                               "_leftImg8bit.png", "_gtFine_labelTrainIds.png", False,
                               "unpack leftImg8bit and gtFine, then run "
                               "python tools/dataset_converters/cityscapes.py data/cityscapes",
                               # train id -> label id, what the official evaluation server reads
                               label_ids=(7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26,
-                                         27, 28, 31, 32, 33)),
+                                         27, 28, 31, 32, 33),
+                              num_samples=(2975, 500)),
     "voc_aug": DatasetInfo(CLASSES["voc_aug"], PALETTES["voc_aug"], ".jpg", ".png", False,
                            "unpack VOC2012 and SBD, then run python "
-                           "tools/dataset_converters/voc_aug.py DEVKIT_PATH AUG_PATH"),
+                           "tools/dataset_converters/voc_aug.py DEVKIT_PATH AUG_PATH",
+                           num_samples=(10582, 1449)),  # train.txt 1,464 + aug.txt 9,118
     "coco_stuff164k": DatasetInfo(CLASSES["coco_stuff164k"], PALETTES["coco_stuff164k"],
                                   ".jpg", "_labelTrainIds.png", False,
                                   "unpack COCO 2017 images and stuffthingmaps, then run "
-                                  "python tools/dataset_converters/coco_stuff164k.py COCO_PATH"),
+                                  "python tools/dataset_converters/coco_stuff164k.py COCO_PATH",
+                                  num_samples=(118287, 5000)),
     "pascal_context59": DatasetInfo(CLASSES["pascal_context59"], PALETTES["pascal_context59"],
                                     ".jpg", ".png", True,
                                     "unpack VOC2010 and trainval_merged.json, then run python "
-                                    "tools/dataset_converters/pascal_context.py DEVKIT JSON"),
+                                    "tools/dataset_converters/pascal_context.py DEVKIT JSON",
+                                    num_samples=(4996, 5104)),
     "isaid": DatasetInfo(CLASSES["isaid"], PALETTES["isaid"], ".png", "_instance_color_RGB.png",
                          False, "unpack DOTA images and iSAID masks, then run python "
                                 "tools/dataset_converters/isaid.py RAW_ROOT (896x896 patches)"),
@@ -269,6 +279,129 @@ def _read_split(path):
     return names
 
 
+@dataclass
+class SampleList:
+    """The samples of one split as found on disk, and the files that do not pair up.
+
+    pairs: the complete (image, label) pairs in order (label None without ann_dir);
+    no_label / no_image: images without a label and labels without an image in scanned
+    folders; missing: split file -> the files it names that do not exist;
+    num_images / num_labels: the image and label files found, paired or not.
+    """
+    name: str
+    img_dir: str
+    ann_dirs: list
+    img_suffix: str
+    seg_map_suffix: str
+    pairs: list
+    num_images: int
+    num_labels: int
+    no_label: list
+    no_image: list
+    missing: dict
+
+    def error(self):
+        """The DataError the loader raises for these problems, or None when there are none."""
+        if self.no_label or self.no_image:
+            parts = []
+            if self.no_label:
+                parts.append(f"{len(self.no_label)} image(s) without a label "
+                             f"'<name>{self.seg_map_suffix}' in {self.ann_dirs[0]}: "
+                             f"{_fmt(self.no_label)}")
+            if self.no_image:
+                parts.append(f"{len(self.no_image)} label(s) without an image "
+                             f"'<name>{self.img_suffix}' in {self.img_dir}: {_fmt(self.no_image)}")
+            return DataError(f"unpaired files in dataset '{self.name}': " + "; ".join(parts))
+        for split_path, files in self.missing.items():
+            return DataError(f"{len(files)} file(s) named in split file {split_path} do not "
+                             f"exist: {_fmt(files)}")
+        return None
+
+
+def list_samples(data_root, img_dir, ann_dir=None, split=None, *, img_suffix=".jpg",
+                 seg_map_suffix=".png", name="custom"):
+    """List one split's samples as SegDataset does, returning the problems instead of raising.
+
+    img_dir, ann_dir and split are relative to data_root (absolute paths are taken as they
+    are); see SegDataset. A missing folder or split file, or an ann_dir list without a split
+    list of the same length, raises DataError.
+    """
+    def path(rel):
+        return rel if os.path.isabs(rel) else os.path.join(data_root, rel)
+
+    def folder(rel, what):
+        if not os.path.isdir(path(rel)):
+            raise DataError(f"{what} {path(rel)} does not exist")
+        return path(rel)
+
+    img_root = folder(img_dir, "image folder (img_dir)")
+    out = SampleList(name, img_root, [], img_suffix, seg_map_suffix, [], 0, 0, [], [], {})
+    if split is None:
+        if isinstance(ann_dir, (list, tuple)):
+            raise DataError(f"dataset '{name}': a list of ann_dir {list(ann_dir)} needs "
+                            f"a list of split files of the same length")
+        ann_root = folder(ann_dir, "label folder (ann_dir)") if ann_dir is not None else None
+        _scan_pairs(out, ann_root)
+        return out
+    splits = list(split) if isinstance(split, (list, tuple)) else [split]
+    anns = list(ann_dir) if isinstance(ann_dir, (list, tuple)) else [ann_dir] * len(splits)
+    if len(anns) != len(splits):
+        raise DataError(f"dataset '{name}': {len(anns)} ann_dir {anns} but "
+                        f"{len(splits)} split files {splits}; give one ann_dir per split")
+    for ann, spl in zip(anns, splits):
+        split_path = path(spl)
+        if not os.path.isfile(split_path):
+            raise DataError(f"split file {split_path} does not exist")
+        ann_root = folder(ann, "label folder (ann_dir)") if ann is not None else None
+        _split_pairs(out, ann_root, split_path)
+    return out
+
+
+def _scan_pairs(out, ann_root):
+    """Fill `out` with the files of out.img_dir paired by relative path with those of ann_root."""
+    img_sfx, seg_sfx = out.img_suffix, out.seg_map_suffix
+    # A label suffix that ends like the image suffix (x_mask.png vs .png) in the same
+    # folder must not make labels count as images.
+    same = ann_root is not None and os.path.normpath(ann_root) == os.path.normpath(out.img_dir)
+    exclude = seg_sfx if same and seg_sfx != img_sfx else None
+    imgs = _scan(out.img_dir, img_sfx, exclude)
+    out.num_images = len(imgs)
+    if ann_root is None:
+        out.pairs = [(os.path.join(out.img_dir, r), None) for r in imgs]
+        return
+    out.ann_dirs.append(ann_root)
+    stems = [r[:-len(img_sfx)] for r in imgs]
+    segs = _scan(ann_root, seg_sfx)
+    out.num_labels = len(segs)
+    seg_stems = {r[:-len(seg_sfx)] for r in segs}
+    out.no_label = [os.path.join(out.img_dir, r) for r, s in zip(imgs, stems)
+                    if s not in seg_stems]
+    out.no_image = sorted(os.path.join(ann_root, s + seg_sfx) for s in seg_stems - set(stems))
+    out.pairs = [(os.path.join(out.img_dir, r), os.path.join(ann_root, s + seg_sfx))
+                 for r, s in zip(imgs, stems) if s in seg_stems]
+
+
+def _split_pairs(out, ann_root, split_path):
+    """Add to `out` the samples named in one split file, with labels from ann_root."""
+    if ann_root is not None:
+        out.ann_dirs.append(ann_root)
+    missing = []
+    for n in _read_split(split_path):
+        img = os.path.join(out.img_dir, n + out.img_suffix)
+        seg = os.path.join(ann_root, n + out.seg_map_suffix) if ann_root else None
+        has_img, has_seg = os.path.isfile(img), seg is not None and os.path.isfile(seg)
+        out.num_images += has_img
+        out.num_labels += has_seg
+        if not has_img:
+            missing.append(img)
+        if seg is not None and not has_seg:
+            missing.append(seg)
+        if has_img and (seg is None or has_seg):
+            out.pairs.append((img, seg))
+    if missing:
+        out.missing[split_path] = missing
+
+
 class SegDataset:
     """Image/label pairs of one split; `dataset[i]` reads and checks sample i.
 
@@ -311,8 +444,13 @@ class SegDataset:
             fix = f"; {hint}" if hint else ""
             raise DataError(f"data root {data_root!r} of dataset '{name}' does not exist{fix}, "
                             f"or set data.data_root=PATH")
-        self.img_dir = self._folder(img_dir, "image folder (img_dir)")
-        self.samples = self._list_samples(ann_dir, split)
+        listing = list_samples(data_root, img_dir, ann_dir, split, img_suffix=img_suffix,
+                               seg_map_suffix=seg_map_suffix, name=name)
+        error = listing.error()
+        if error is not None:
+            raise error
+        self.img_dir = listing.img_dir
+        self.samples = listing.pairs
         if not self.samples:
             raise DataError(f"no images ending with '{img_suffix}' found in {self.img_dir}; "
                             f"check data.img_suffix and the img_dir")
@@ -320,80 +458,6 @@ class SegDataset:
     @property
     def num_classes(self):
         return len(self.classes)
-
-    def _path(self, rel):
-        return rel if os.path.isabs(rel) else os.path.join(self.data_root, rel)
-
-    def _folder(self, rel, what):
-        path = self._path(rel)
-        if not os.path.isdir(path):
-            raise DataError(f"{what} {path} does not exist")
-        return path
-
-    def _list_samples(self, ann_dir, split):
-        if split is None:
-            if isinstance(ann_dir, (list, tuple)):
-                raise DataError(f"dataset '{self.name}': a list of ann_dir {list(ann_dir)} needs "
-                                f"a list of split files of the same length")
-            return self._scan_pairs(ann_dir)
-        splits = list(split) if isinstance(split, (list, tuple)) else [split]
-        anns = list(ann_dir) if isinstance(ann_dir, (list, tuple)) else [ann_dir] * len(splits)
-        if len(anns) != len(splits):
-            raise DataError(f"dataset '{self.name}': {len(anns)} ann_dir {anns} but "
-                            f"{len(splits)} split files {splits}; give one ann_dir per split")
-        samples = []
-        for ann, spl in zip(anns, splits):
-            samples += self._split_pairs(ann, spl)
-        return samples
-
-    def _scan_pairs(self, ann_dir):
-        # A label suffix that ends like the image suffix (x_mask.png vs .png) in the same
-        # folder must not make labels count as images.
-        same = ann_dir is not None and os.path.normpath(self._path(ann_dir)) == \
-            os.path.normpath(self.img_dir)
-        exclude = self.seg_map_suffix if same and self.seg_map_suffix != self.img_suffix else None
-        imgs = _scan(self.img_dir, self.img_suffix, exclude)
-        if ann_dir is None:
-            return [(os.path.join(self.img_dir, r), None) for r in imgs]
-        ann_root = self._folder(ann_dir, "label folder (ann_dir)")
-        stems = [r[:-len(self.img_suffix)] for r in imgs]
-        segs = _scan(ann_root, self.seg_map_suffix)
-        seg_stems = {r[:-len(self.seg_map_suffix)] for r in segs}
-        no_label = [os.path.join(self.img_dir, r) for r, s in zip(imgs, stems)
-                    if s not in seg_stems]
-        no_image = sorted(os.path.join(ann_root, s + self.seg_map_suffix)
-                          for s in seg_stems - set(stems))
-        if no_label or no_image:
-            parts = []
-            if no_label:
-                parts.append(f"{len(no_label)} image(s) without a label "
-                             f"'<name>{self.seg_map_suffix}' in {ann_root}: {_fmt(no_label)}")
-            if no_image:
-                parts.append(f"{len(no_image)} label(s) without an image "
-                             f"'<name>{self.img_suffix}' in {self.img_dir}: {_fmt(no_image)}")
-            raise DataError(f"unpaired files in dataset '{self.name}': " + "; ".join(parts))
-        return [(os.path.join(self.img_dir, r), os.path.join(ann_root, s + self.seg_map_suffix))
-                for r, s in zip(imgs, stems)]
-
-    def _split_pairs(self, ann_dir, split):
-        split_path = self._path(split)
-        if not os.path.isfile(split_path):
-            raise DataError(f"split file {split_path} does not exist")
-        names = _read_split(split_path)
-        ann_root = self._folder(ann_dir, "label folder (ann_dir)") if ann_dir is not None else None
-        pairs, missing = [], []
-        for n in names:
-            img = os.path.join(self.img_dir, n + self.img_suffix)
-            seg = os.path.join(ann_root, n + self.seg_map_suffix) if ann_root else None
-            if not os.path.isfile(img):
-                missing.append(img)
-            if seg is not None and not os.path.isfile(seg):
-                missing.append(seg)
-            pairs.append((img, seg))
-        if missing:
-            raise DataError(f"{len(missing)} file(s) named in split file {split_path} do not "
-                            f"exist: {_fmt(missing)}")
-        return pairs
 
     # -----------------------------------------------------------------------
 
