@@ -1,7 +1,8 @@
 # Two entry points (see README): `make test` and `make demo`. Both set up .venv first;
 # set-up runs again only when setup.py or this file changes, so a second call is fast.
 # `make demo` installs only what the package needs at run time (and matplotlib); the test
-# set-up adds pytest, the dataset converters' extras and the PyTorch parity stack.
+# set-up adds pytest, the dataset converters' extras, the PyTorch parity stack and
+# onnx + onnxruntime (export tests).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -23,7 +24,7 @@ $(RUNTIME_STAMP): setup.py Makefile
 	@touch $@
 
 $(TEST_STAMP): $(RUNTIME_STAMP)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,convert,plot,parity]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,convert,plot,parity,export]"
 	@# mmengine (parity extra) pulls opencv-python, which needs libGL; keep only the
 	@# headless build of cv2, at the version pip resolved.
 	@v=$$($(PY) -c 'import importlib.metadata as m; print(m.version("opencv-python-headless"))'); \

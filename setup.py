@@ -32,6 +32,9 @@ setup(
         "parity": ["torch==2.13.0", "mmcv-lite==2.1.0", "mmengine==0.10.7",
                    "mmsegmentation==1.2.2", "ftfy", "regex"],
         "plot": ["matplotlib>=3.5"],
+        # tools/export.py --format onnx builds the graph with the onnx package (the format's
+        # own library); onnxruntime runs and checks it (tests, tools/benchmark.py).
+        "export": ["onnx>=1.16", "onnxruntime>=1.17"],
         # Only for tools/dataset_converters: Cityscapes label drawing and SBD .mat files.
         "convert": ["cityscapesscripts>=2.2", "scipy>=1.7"],
     },

@@ -321,8 +321,9 @@ def build_jseg_model(model_cfg, checkpoint, fmt="auto"):
 
 class PinnedBases:
     """The k-th call returns the same (B*S, D, R) float32 array on every instance of one seed:
-    U[0, 1) values from numpy's generator seeded with (seed, k), L2-normalised over D (as
-    both NMF2D implementations normalise their random draw)."""
+    `seeded_bases(shape, seed, k)` (jseg.models.ham_head), U[0, 1) values from numpy's
+    generator seeded with (seed, k), L2-normalised over D (as both NMF2D implementations
+    normalise their random draw)."""
 
     def __init__(self, seed=0):
         self.seed = int(seed)
@@ -330,12 +331,12 @@ class PinnedBases:
         self.shapes = []
 
     def __call__(self, shape):
-        rng = np.random.default_rng((self.seed, self.calls))
-        bases = rng.random(shape, dtype=np.float32)
-        norm = np.sqrt((bases.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
+        from jseg.models.ham_head import seeded_bases
+
+        bases = seeded_bases(shape, self.seed, self.calls)
         self.calls += 1
         self.shapes.append(tuple(shape))
-        return (bases / np.maximum(norm, 1e-12)).astype(np.float32)
+        return bases
 
 
 def pin_reference_bases(ref, model, seed=0):

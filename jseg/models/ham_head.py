@@ -10,6 +10,7 @@ Attribute names equal the PyTorch checkpoint keys (`squeeze.conv`, `squeeze.gn`,
 `hamburger.ham_in.conv`, `hamburger.ham_out.gn`, `align.conv`, `conv_seg`); never rename them.
 """
 import jittor as jt
+import numpy as np
 from jittor import nn
 
 from jseg.ops import matmul
@@ -17,12 +18,26 @@ from jseg.ops import matmul
 from .layers import ConvModule, PointwiseConv2d, normal_init_, resize
 from .losses import CrossEntropyLoss, accuracy
 
-__all__ = ["NMF2D", "Hamburger", "LightHamHead"]
+__all__ = ["NMF2D", "Hamburger", "LightHamHead", "seeded_bases"]
 
 # Multiplicative-update denominators get this added (as in all references).
 NMF_EPS = 1e-6
 # torch.nn.functional.normalize's default eps (JSeg's jt.normalize uses 1e-30).
 L2_EPS = 1e-12
+
+
+def seeded_bases(shape, seed: int = 0, index: int = 0):
+    """Reproducible NMF bases without Jittor's RNG: a float32 array of `shape` (B*S, D, R).
+
+    U[0, 1) values from numpy's generator seeded with (seed, index), L2-normalised over D
+    (axis 1, the norm taken in float64) as `NMF2D.random_bases` normalises its draw. Used to
+    give two implementations the same bases (jseg.diagnostics.parity, index = the k-th draw)
+    and as the constant bases of an exported graph (jseg.export.onnx).
+    """
+    rng = np.random.default_rng((int(seed), int(index)))
+    bases = rng.random(tuple(shape), dtype=np.float32)
+    norm = np.sqrt((bases.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
+    return (bases / np.maximum(norm, L2_EPS)).astype(np.float32)
 
 
 def _bmm(a, b, transpose_b=False):
@@ -61,7 +76,8 @@ class NMF2D(nn.Module):
     With `rand_init=True` every forward (train and eval) draws new bases, so outputs vary run
     to run unless Jittor's RNG is seeded (`jt.set_global_seed`). To choose them instead (e.g.
     to compare with another implementation on the same bases), set `bases_fn`: it is called
-    exactly once per forward, as bases_fn(B, S, D, R), and returns the (B*S, D, R) bases.
+    exactly once per forward, as bases_fn(B, S, D, R), and returns the (B*S, D, R) bases
+    (`seeded_bases` makes reproducible ones from a seed).
 
     Args:
         md_s: number of groups S (C must be divisible by S).
