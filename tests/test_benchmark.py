@@ -107,6 +107,31 @@ def test_vs_torch(cfg, mode):
         assert field in text, f"{field!r} missing from:\n{text}"
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_vs_onnxruntime(cfg, batch):
+    """The exported graph, timed by onnxruntime in the same rounds: finite results, the
+    thread count it was given, the ratio printed."""
+    pytest.importorskip("onnxruntime")
+    result = run_benchmark(cfg, batch=batch, vs_onnxruntime=True, threads=1, **QUICK)
+    assert set(result["results"]) == {"jittor", "onnxruntime"}
+    s = result["results"]["onnxruntime"]
+    assert s["finite"] and 0 < s["min_ms"] <= s["median_ms"] <= s["max_ms"], s
+    assert result["threads"]["onnxruntime"] == 1
+    ratio = result["results"]["jittor"]["median_ms"] / s["median_ms"]
+    assert abs(result["ratio_onnxruntime"] - ratio) < 1e-12
+    text = "\n".join(format_report(result))
+    for field in ("onnxruntime 1.", "time ratio jittor / onnxruntime", "in Jittor's process"):
+        assert field in text, f"{field!r} missing from:\n{text}"
+
+
+def test_vs_onnxruntime_refuses_what_the_graph_does_not_do(cfg, monkeypatch):
+    with pytest.raises(BenchmarkError, match="whole-image inference"):
+        run_benchmark(cfg, mode="train", vs_onnxruntime=True, **QUICK)
+    monkeypatch.setattr(benchmark, "onnxruntime_available", lambda: False)
+    with pytest.raises(BenchmarkError, match=r"pip install -e \.\[export\]"):
+        run_benchmark(cfg, vs_onnxruntime=True, **QUICK)
+
+
 # ---------------------------------------------------------------------------
 # tools/benchmark.py
 

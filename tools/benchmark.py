@@ -5,7 +5,7 @@ examples:
   python tools/benchmark.py --config-file configs/segnext/segnext_mscan-t_ade20k-512x512.yaml \\
       --mode train --batch 2 --iters 5
   python tools/benchmark.py --config-file configs/segnext/segnext_mscan-b_ade20k-512x512.yaml \\
-      --threads 2 --vs-torch
+      --threads 2 --vs-torch --vs-onnxruntime
   python tools/benchmark.py --config-file C --checkpoint segnext_t.pkl --shape 1024 2048 \\
       model.test_cfg.mode=slide model.test_cfg.crop_size=[1024,1024] model.test_cfg.stride=[768,768]
 
@@ -19,7 +19,9 @@ Printed: median, IQR and min - max of the timed iterations, images per second, p
 OpenMP) and torch.set_num_threads(T); default: OMP_NUM_THREADS, else every CPU this process
 may use. --vs-torch builds mmseg 1.2.2's model of the same config with the same weights in a
 child process and alternates rounds with Jittor; it prints Jittor time / PyTorch time.
-Needs the reference: pip install -e .[parity]. Details: jseg/diagnostics/benchmark.py.
+Needs the reference: pip install -e .[parity]. --vs-onnxruntime exports the same model to
+ONNX (jseg.export.onnx) and times onnxruntime on it, interleaved, with the same threads
+(inference, whole mode; pip install -e .[export]). Details: jseg/diagnostics/benchmark.py.
 Exit codes: 0 done, 1 bad input or no reference installed.
 """
 import os
@@ -30,8 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jseg.utils.cli import ToolParser  # noqa: E402
 from jseg.checkpoint.zoo import is_remote  # noqa: E402
 from jseg.config import load_config  # noqa: E402  (jseg configures Jittor; no Jittor yet)
-from jseg.diagnostics.benchmark import (MODES, VS_TORCH_HINT, check_settings,  # noqa: E402
-                                  format_report, run_benchmark, torch_available)
+from jseg.diagnostics.benchmark import (MODES, VS_ONNXRUNTIME_HINT, VS_TORCH_HINT,  # noqa: E402
+                                        check_settings, format_report, onnxruntime_available,
+                                        run_benchmark, torch_available)
 
 
 def parse_args(argv=None):
@@ -56,6 +59,9 @@ def parse_args(argv=None):
                         help="seed of the random weights, input and labels (default 0)")
     parser.add_argument("--vs-torch", action="store_true",
                         help="also time mmseg's PyTorch model, interleaved, and print the ratio")
+    parser.add_argument("--vs-onnxruntime", action="store_true",
+                        help="also time the model exported to ONNX, run by onnxruntime with "
+                             "the same threads, interleaved (inference, whole mode)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. model.test_cfg.mode=slide")
     return parser.parse_args(argv)
@@ -69,6 +75,8 @@ def main(argv=None):
         check_settings(args.mode, tuple(args.shape), args.batch, args.iters, args.warmup)
         if args.vs_torch and not torch_available():
             raise ValueError(VS_TORCH_HINT)
+        if args.vs_onnxruntime and not onnxruntime_available():
+            raise ValueError(VS_ONNXRUNTIME_HINT)
         cfg = load_config(args.config_file, overrides=args.overrides)
         if args.checkpoint is not None and not os.path.isfile(args.checkpoint) \
                 and not is_remote(args.checkpoint):
@@ -83,7 +91,8 @@ def main(argv=None):
         result = run_benchmark(cfg, mode=args.mode, shape=args.shape, batch=args.batch,
                                iters=args.iters, warmup=args.warmup, checkpoint=args.checkpoint,
                                vs_torch=args.vs_torch, threads=args.threads, seed=args.seed,
-                               config_name=args.config_file)
+                               config_name=args.config_file,
+                               vs_onnxruntime=args.vs_onnxruntime)
     except (ValueError, OSError) as e:
         # BenchmarkError, CheckpointError, WeightsMismatchError, a model the config cannot build
         print(f"error: {e}", file=sys.stderr)

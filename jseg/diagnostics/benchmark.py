@@ -37,6 +37,12 @@ For the same reason jseg starts Jittor with FIX_TORCH_ERROR=0 (`jseg.utils.env`)
 time / torch's median time. CPU only: the parity extra installs torch's CPU build.
 
 The child's side and its pipe protocol: jseg.diagnostics.torch_worker.
+
+The onnxruntime side (`vs_onnxruntime=True`, inference only, whole-image test mode): the
+same model with the same weights exported by `jseg.export.onnx` (seeded constant NMF bases:
+the same work as our random ones), run by an onnxruntime CPU session with
+intra_op_num_threads = threads, in this process, in the same alternating rounds. Its
+peak memory is not separable from ours (one process), so none is reported for it.
 """
 import ctypes
 import json
@@ -50,9 +56,11 @@ import time
 
 import numpy as np
 
-__all__ = ["BenchmarkError", "MODES", "VS_TORCH_HINT", "default_threads", "set_threads",
+__all__ = ["BenchmarkError", "MODES", "VS_TORCH_HINT", "VS_ONNXRUNTIME_HINT",
+           "onnxruntime_available", "default_threads", "set_threads",
            "openmp_threads", "torch_available", "check_settings", "make_inputs", "summarize",
-           "JittorBench", "TorchProcess", "run_benchmark", "format_report"]
+           "JittorBench", "TorchProcess", "OnnxRuntimeBench", "run_benchmark",
+           "format_report"]
 
 logger = logging.getLogger("jseg")
 
@@ -61,6 +69,8 @@ VS_TORCH_HINT = ("--vs-torch needs the PyTorch reference (torch 2.13.0, mmcv-lit
                  "mmengine 0.10.7, mmsegmentation 1.2.2); install it with: "
                  "pip install -e .[parity]")
 _REFERENCE_PACKAGES = ("torch", "mmcv", "mmengine", "mmseg")
+VS_ONNXRUNTIME_HINT = ("--vs-onnxruntime needs onnx and onnxruntime; install them with: "
+                       "pip install -e .[export]")
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -334,18 +344,54 @@ def _plain(value):
 
 
 # ---------------------------------------------------------------------------
+# onnxruntime side
+
+class OnnxRuntimeBench:
+    """`model` exported to ONNX in `folder` and run by onnxruntime on `img` (see the module
+    docstring); `step()` times one `session.run`."""
+
+    def __init__(self, model, img, threads, folder):
+        from jseg.export.onnx import export_onnx, open_session
+
+        path = os.path.join(folder, "model.onnx")
+        export_onnx(model, path, tuple(img.shape[2:]), bases="seed", dynamic=img.shape[0] > 1)
+        self.session = open_session(path, threads)
+        self.threads = int(self.session.get_session_options().intra_op_num_threads)
+        self.img = img
+        self._last = None
+
+    def step(self):
+        t0 = time.perf_counter()
+        self._last = self.session.run(["logits"], {"image": self.img})[0]
+        return time.perf_counter() - t0
+
+    def check_finite(self):
+        return bool(np.isfinite(self._last).all())
+
+    def memory(self):
+        return float("nan"), "in Jittor's process"
+
+
+def onnxruntime_available():
+    import importlib.util
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+# ---------------------------------------------------------------------------
 # The whole run
 
 def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup=2,
-                  checkpoint=None, vs_torch=False, threads=None, seed=0, config_name=None):
+                  checkpoint=None, vs_torch=False, threads=None, seed=0, config_name=None,
+                  vs_onnxruntime=False):
     """Time `iters` iterations after `warmup` of the model of `cfg`; see the module docstring.
 
     threads: None for `default_threads()`. Returns a dict: the settings, "env" (versions and
     device), "load" (1-min load average before and after), "threads" ({framework: count read
     back from its runtime}), "results" ({framework: summarize(...) plus "img_per_s",
     "memory_mb", "memory_kind", "finite", "seconds"}) and, with vs_torch, "ratio" (Jittor's
-    median time / torch's). Raises BenchmarkError for bad settings, for vs_torch without the
-    reference (VS_TORCH_HINT) or on GPU.
+    median time / torch's); with vs_onnxruntime, "ratio_onnxruntime" likewise. Raises
+    BenchmarkError for bad settings, for vs_torch without the reference (VS_TORCH_HINT) or on
+    GPU, for vs_onnxruntime without onnx / onnxruntime, in train or slide mode, or on GPU.
     """
     from jseg.checkpoint import read_checkpoint
     from jseg.utils.env import environment_report, init_device
@@ -354,6 +400,12 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
     check_settings(mode, shape, batch, iters, warmup)
     if vs_torch and not torch_available():
         raise BenchmarkError(VS_TORCH_HINT)
+    if vs_onnxruntime:
+        if not onnxruntime_available():
+            raise BenchmarkError(VS_ONNXRUNTIME_HINT)
+        if mode != "infer" or cfg["model"]["test_cfg"]["mode"] != "whole":
+            raise BenchmarkError("--vs-onnxruntime times whole-image inference (the exported "
+                                 "graph); use --mode infer and model.test_cfg.mode=whole")
     # read before Jittor starts, so that a bad file fails at once (CheckpointError)
     state_dict = read_checkpoint(checkpoint)[0] if checkpoint is not None else None
     threads = default_threads() if threads is None else threads
@@ -363,11 +415,14 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
     if device == "cpu" and env["device"].startswith("GPU"):
         env["device"] = f"CPU (config device {cfg['device']!r})"
     env["numpy"] = np.__version__
+    if vs_onnxruntime and device == "cuda":
+        raise BenchmarkError("--vs-onnxruntime compares on CPU only; add device=cpu")
     if vs_torch and device == "cuda":
         raise BenchmarkError("--vs-torch compares on CPU only (the parity extra installs torch's "
                              "CPU build); add device=cpu to compare there")
     load_before = os.getloadavg()
     worker = TorchProcess(threads) if vs_torch else None  # imports torch while we build
+    scratch = tempfile.TemporaryDirectory(prefix="jseg-onnx-") if vs_onnxruntime else None
     try:
         in_channels = cfg["model"]["backbone"]["in_channels"]
         num_classes = cfg["model"]["decode_head"]["num_classes"]
@@ -382,6 +437,11 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
             threads_seen["torch"] = reply["torch_threads"]
             env["torch"] = worker.info["torch"]
             env["mmsegmentation"] = worker.info["mmseg"]
+        if vs_onnxruntime:
+            import onnxruntime
+            benches["onnxruntime"] = OnnxRuntimeBench(ours.model, img, threads, scratch.name)
+            threads_seen["onnxruntime"] = benches["onnxruntime"].threads
+            env["onnxruntime"] = onnxruntime.__version__
         times = {name: [] for name in benches}
         order = list(benches)
         logger.info("%d warm-up round(s), then %d timed", warmup, iters)
@@ -402,6 +462,8 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
     finally:
         if worker is not None:
             worker.close()
+        if scratch is not None:
+            scratch.cleanup()
     test_cfg = cfg["model"]["test_cfg"]
     result = {"config": config_name, "mode": mode, "test_mode": test_cfg["mode"],
               "crop_size": test_cfg["crop_size"], "stride": test_cfg["stride"],
@@ -412,6 +474,9 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
               "torch_in_process": "torch" in sys.modules, "results": results}
     if "torch" in results:
         result["ratio"] = results["jittor"]["median_ms"] / results["torch"]["median_ms"]
+    if "onnxruntime" in results:
+        result["ratio_onnxruntime"] = (results["jittor"]["median_ms"]
+                                       / results["onnxruntime"]["median_ms"])
     return result
 
 
@@ -445,6 +510,8 @@ def format_report(result):
                 f"oneDNN {env['oneDNN']}", f"numpy {env['numpy']}"]
     if "torch" in env:
         versions += [f"torch {env['torch']}", f"mmsegmentation {env['mmsegmentation']}"]
+    if "onnxruntime" in env:
+        versions.append(f"onnxruntime {env['onnxruntime']}")
     lines.append("versions: " + ", ".join(versions))
     unit = "ms/img" if r["mode"] == "infer" else "ms/step"
     header = (f"{'framework':<10}{'median ' + unit:>15}{'IQR':>19}{'min - max':>19}"
@@ -453,11 +520,14 @@ def format_report(result):
     for name, s in r["results"].items():
         iqr = f"{s['q1_ms']:.1f} - {s['q3_ms']:.1f}"
         span = f"{s['min_ms']:.1f} - {s['max_ms']:.1f}"
-        memory = f"{s['memory_mb']:.0f} MiB ({s['memory_kind']})"
+        memory = (f"{s['memory_mb']:.0f} MiB ({s['memory_kind']})"
+                  if np.isfinite(s["memory_mb"]) else s["memory_kind"])
         lines.append(f"{name:<10}{s['median_ms']:>15.1f}{iqr:>19}{span:>19}"
                      f"{s['img_per_s']:>9.2f}{memory:>26}")
     if "ratio" in r:
         lines.append(f"time ratio jittor / torch (medians): {r['ratio']:.2f}")
+    if "ratio_onnxruntime" in r:
+        lines.append(f"time ratio jittor / onnxruntime (medians): {r['ratio_onnxruntime']:.2f}")
     for name, s in r["results"].items():
         lines.append(f"{name} iterations (s, in order): "
                      + " ".join(f"{t:.3f}" for t in s["seconds"]))
