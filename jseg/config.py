@@ -383,6 +383,18 @@ SCHEMA = Section(
         amp=Field(bool, False, "mixed precision: fp16 compute, fp32 weights, dynamic loss "
                   "scaling (CUDA only; see jseg/engine/amp.py)"),
     ),
+    evaluation=Section(
+        "metrics of --task val / test and of the evaluations during training",
+        # the names of mmseg's IoUMetric(iou_metrics=...); jseg.engine.metrics.METRICS
+        metrics=Field(ListOf(Choice("mIoU", "mDice", "mFscore")), ["mIoU"],
+                      "metrics in the table, the summary and metrics.jsonl: mIoU (IoU, Acc; "
+                      "always there), mDice (Dice), mFscore (Fscore, Precision, Recall)"),
+        confusion_matrix=Field(bool, True,
+                               "write the confusion matrix (counts, .npy) and its row-"
+                               "normalised heat map (.png) into work_dir: "
+                               "confusion_matrix.{npy,png} for val / test, "
+                               "confusion_matrix_iter_<8-digit iteration>.* in training"),
+    ),
 )
 
 
@@ -428,12 +440,22 @@ def _suggest(key, options):
     return f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(options))})"
 
 
+def _bad_entry(type_, value):
+    """' (entry 1 'mFoo' is not 'mIoU' | 'mDice')': the first wrong entry of a list, if any."""
+    if isinstance(type_, _ListOf) and isinstance(value, list):
+        for i, v in enumerate(value):
+            if not type_.item.check(v):
+                return f" (entry {i} {v!r} is not {type_.item.name})"
+    return ""
+
+
 def _validate(node, value, dotted, source):
     """Check `value` against schema `node`; raise ConfigError naming `dotted` and `source`."""
     if isinstance(node, Field):
         if not node.type.check(value):
             raise ConfigError(f"wrong type for '{dotted}' in {source}: expected {node.type.name}, "
-                              f"got {type(value).__name__} {value!r}")
+                              f"got {type(value).__name__} {value!r}"
+                              f"{_bad_entry(node.type, value)}")
         numbers = _numbers(value) if node.rule else []
         if not all(node.rule.check(v) for v in numbers):
             finite = "" if all(map(_finite, numbers)) else "finite and "

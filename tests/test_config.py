@@ -306,6 +306,27 @@ def test_range_error_reads_as_documented(tmp_path):
     assert str(err.value) == want, f"{str(err.value)!r} != {want!r}"
 
 
+def test_unknown_metric_name_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO_CONFIG, ["evaluation.metrics=[mIoU,mF1]"])
+    want = ("wrong type for 'evaluation.metrics' in the command-line override "
+            "'evaluation.metrics=[mIoU,mF1]': expected list of 'mIoU' | 'mDice' | 'mFscore', "
+            "got list ['mIoU', 'mF1'] (entry 1 'mF1' is not 'mIoU' | 'mDice' | 'mFscore')")
+    assert str(err.value) == want, f"{str(err.value)!r} != {want!r}"
+    path = write(tmp_path / "m.yaml", "evaluation:\n  metrics: mDice\n")
+    with pytest.raises(ConfigError, match=r"'evaluation.metrics' in .*m\.yaml: expected list"):
+        load_config(path)
+    cfg = load_config(DEMO_CONFIG, ["evaluation.metrics=[mIoU,mDice,mFscore]"])
+    assert cfg.evaluation.metrics == ["mIoU", "mDice", "mFscore"], cfg.evaluation
+    assert load_config(DEMO_CONFIG).evaluation == {"metrics": ["mIoU"], "confusion_matrix": True}
+
+
+def test_evaluation_metric_names_are_the_metrics_module_s():
+    from jseg.engine.metrics import METRICS
+    choices = SCHEMA.children["evaluation"].children["metrics"].type.item.choices
+    assert tuple(choices) == METRICS, (choices, METRICS)
+
+
 def test_mismatch_error_names_both_keys_and_the_fix():
     with pytest.raises(ConfigError) as err:
         load_config(DEMO_CONFIG, ["model.decode_head.in_channels=[64,160,512]"])

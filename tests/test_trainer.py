@@ -79,15 +79,26 @@ def test_checkpoint_contents_and_work_dir(straight_run):
     with open(os.path.join(straight_run, "metrics.jsonl")) as f:
         evals = [r for r in map(json.loads, f) if r["mode"] == "val"]
     assert evals and 0.0 <= evals[-1]["mIoU"] <= 100.0, evals
+    assert evals[-1]["confusion_matrix"] == "confusion_matrix_iter_00000004.npy", evals[-1]
+    assert "mDice" not in evals[-1] and set(evals[-1]["Acc"]) == set(cfg.data.classes)
+    counts = np.load(os.path.join(straight_run, "confusion_matrix_iter_00000004.npy"))
+    assert counts.shape == (6, 6) and counts.dtype == np.int64, (counts.shape, counts.dtype)
+    assert os.path.getsize(os.path.join(straight_run, "confusion_matrix_iter_00000004.png")) > 0
 
 
 def test_val_is_repeatable_and_test_writes_predictions(demo_root, straight_run, tmp_path):
     weights = os.path.join(straight_run, "checkpoints", "iter_00000004.pkl")
-    common = ["--config-file", DEMO_CONFIG,
+    work = tmp_path / "work"
+    common = ["--config-file", DEMO_CONFIG, "--work-dir", str(work),
               "--load-from", weights, "--seed", "3", f"data.data_root={demo_root}", *TINY]
     first = run_net("--task", "val", *common).stdout.strip().splitlines()[-1]
+    counts = np.load(work / "confusion_matrix.npy")
     second = run_net("--task", "val", *common).stdout.strip().splitlines()[-1]
     assert first == second and first.startswith("aAcc"), (first, second)
+    np.testing.assert_array_equal(np.load(work / "confusion_matrix.npy"), counts)
+    # the training's evaluation saw the same pixels (its weights and NMF bases differ)
+    during = np.load(os.path.join(straight_run, "confusion_matrix_iter_00000004.npy"))
+    assert counts.sum() == during.sum() > 0, (counts.sum(), during.sum())
     run_net("--task", "test", "--save-dir", str(tmp_path), *common)
     pngs = sorted(n for n in os.listdir(tmp_path) if n.endswith(".png"))
     overlays = sorted(os.listdir(tmp_path / "overlay"))
@@ -197,6 +208,9 @@ def test_two_mpi_ranks_equal_one_process(demo_root, tmp_path):
     assert sorted(one) == sorted(two) == [1, 2], (one, two)
     for it in one:
         assert abs(one[it] - two[it]) <= 1e-5 * abs(one[it]), (it, one[it], two[it])
+    # the evaluation at the end: each rank counted its share, the matrices were summed
+    c1, c2 = (np.load(d / "confusion_matrix_iter_00000002.npy") for d in (single, multi))
+    assert c1.sum() == c2.sum() > 0, (c1.sum(), c2.sum())
     a, _ = read_checkpoint(os.path.join(single, "checkpoints", "iter_00000002.pkl"))
     b, _ = read_checkpoint(os.path.join(multi, "checkpoints", "iter_00000002.pkl"))
     # |single - multi| <= 1e-4 * max|single| + 1e-6 per tensor (the 1e-6 covers tensors
@@ -352,6 +366,7 @@ def test_unlabelled_split_predicts_without_metrics(demo_root, straight_run, tmp_
     out = run_net("--task", "val", *common, expect=1)
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "needs label maps" in errors[0], out.stderr[-2000:]
+    assert "confusion matrix" not in out.stderr, out.stderr[-2000:]
     run_net(*train_args(demo_root, tmp_path / "train", 2, "data.val.ann_dir=null",
                         "train.eval_interval=1"))
     with open(tmp_path / "train" / "metrics.jsonl") as f:

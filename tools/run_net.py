@@ -7,8 +7,11 @@ examples:
   python tools/run_net.py --config-file C --task train model.backbone.pretrained=mscan_t.pkl train.max_iters=80000
   # continue the newest checkpoint of the run (never happens without --resume)
   python tools/run_net.py --config-file C --task train --resume auto
-  # evaluate weights (mIoU table), optionally with multi-scale + flip
+  # evaluate weights (mIoU table), optionally with multi-scale + flip; the confusion matrix
+  # goes to the work dir (confusion_matrix.npy / .png)
   python tools/run_net.py --config-file C --task val --load-from work_dirs/x/checkpoints/iter_00160000.pkl --tta
+  # mmseg's other metrics too: Dice, and F-score / precision / recall
+  python tools/run_net.py --config-file C --task val --load-from W "evaluation.metrics=[mIoU,mDice,mFscore]"
   # write label maps and colour overlays for the validation images
   python tools/run_net.py --config-file C --task test --load-from W --save-dir results/
   # several processes (data parallel, synchronised BatchNorm):
@@ -91,6 +94,7 @@ def run(args):
         return 0
 
     from jseg.engine.evaluator import evaluate_weights
+    from jseg.engine.metrics import format_summary
 
     save_dir = None
     if args.task == "test":
@@ -101,7 +105,7 @@ def run(args):
     if result is None:
         print(f"{count} label maps written to {save_dir} (no labels, no metrics)")
     else:
-        print(f"aAcc {result['aAcc']:.2f}  mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}")
+        print(format_summary(result))
     return 0
 
 

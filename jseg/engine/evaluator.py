@@ -29,6 +29,7 @@ from jseg.data.palettes import overlay
 from jseg.data.transforms import restore_prediction
 from jseg.utils.atomic import write_image
 
+from .confusion import save_confusion_matrix
 from .metrics import IoUAccumulator, format_table
 from .workdir import WorkDir
 
@@ -115,7 +116,7 @@ def evaluate(model, loader, num_classes, ignore_index=255, on_prediction=None, p
     """Run `model` over `loader`; returns (IoUAccumulator, seconds).
 
     on_prediction(item, pred) is called per image (e.g. to write PNGs). Under MPI each
-    rank evaluates its share of the loader and the per-class areas are summed.
+    rank evaluates its share of the loader and the confusion matrices are summed.
     labelled=False (a split without label maps, e.g. a benchmark's test images): only
     predictions, and (None, seconds) is returned.
     """
@@ -137,9 +138,9 @@ def evaluate(model, loader, num_classes, ignore_index=255, on_prediction=None, p
             model.train()
     if not labelled:
         return None, time.time() - start
-    if jt.in_mpi:
-        acc.areas = jt.array(acc.areas.astype(np.float64)).mpi_all_reduce("add").numpy() \
-            .round().astype(np.int64)
+    if jt.in_mpi:  # float64 counts are exact up to 2^53 pixels
+        acc.confusion = jt.array(acc.confusion.astype(np.float64)).mpi_all_reduce("add") \
+            .numpy().round().astype(np.int64)
     return acc, time.time() - start
 
 
@@ -147,6 +148,12 @@ def run_evaluation(cfg, model, loader, run_log=None, iteration=None, progress=Tr
                    on_prediction=None):
     """Evaluate on `loader`, log the per-class table and the summary; returns the result dict,
     or None when the split has no labels (predictions only, through `on_prediction`).
+
+    The metrics are cfg.evaluation.metrics (jseg.engine.metrics: aAcc, mIoU, mAcc, ... and
+    per-class arrays); the result also holds the counts as "confusion_matrix". With
+    cfg.evaluation.confusion_matrix, rank 0 writes them into cfg.work_dir
+    (jseg.engine.confusion): confusion_matrix.{npy,png}, or during training (`iteration`
+    given) confusion_matrix_iter_<iteration, 8 digits>.{npy,png}, one pair per evaluation.
     run_log: the trainer's log, which records the result as a metrics line."""
     head = cfg.model.decode_head
     labelled = cfg.data.val.get("ann_dir") is not None
@@ -155,17 +162,34 @@ def run_evaluation(cfg, model, loader, run_log=None, iteration=None, progress=Tr
     if acc is None:
         logger.info("predicted %d unlabelled images (%.1fs)", len(loader), seconds)
         return None
-    result = acc.compute()
+    result = acc.compute(cfg.evaluation.metrics)
     classes = dataset_settings(cfg.data)["classes"]
     logger.info("evaluation%s on %d images (%.1fs):\n%s",
                 f" at iteration {iteration}" if iteration else "", len(loader), seconds,
                 format_table(result, classes))
+    written = None
+    if cfg.evaluation.confusion_matrix and (not jt.in_mpi or jt.rank == 0):  # rank 0 writes
+        name = "confusion_matrix" if iteration is None else f"confusion_matrix_iter_{iteration:08d}"
+        try:
+            written = save_confusion_matrix(cfg.work_dir, name, acc.confusion, classes)
+            logger.info("confusion matrix written to %s (.png: normalised per label)",
+                        written[0])
+        except OSError as e:  # the metrics are logged already; the run goes on
+            logger.warning("could not write the confusion matrix: %s", e)
     if run_log is not None:
-        run_log.record(mode="val", iter=iteration, aAcc=result["aAcc"], mIoU=result["mIoU"],
-                       mAcc=result["mAcc"],
-                       IoU={c: (None if np.isnan(v) else float(v))
-                            for c, v in zip(classes, result["IoU"])})
+        record = {k: _json_number(v) for k, v in result.items() if not isinstance(v, np.ndarray)}
+        record.update({k: {c: _json_number(x) for c, x in zip(classes, v)}
+                       for k, v in result.items() if isinstance(v, np.ndarray)})
+        if written:
+            record["confusion_matrix"] = os.path.basename(written[0])
+        run_log.record(mode="val", iter=iteration, **record)
+    result["confusion_matrix"] = acc.confusion
     return result
+
+
+def _json_number(value):
+    """A float for metrics.jsonl, nan (e.g. a class absent from the labels) as null."""
+    return None if np.isnan(value) else float(value)
 
 
 def prediction_writer(cfg, save_dir, label_ids=False):
@@ -198,7 +222,8 @@ def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, se
     """Evaluate and / or predict the validation split of `cfg` with `weights`.
 
     weights: a weights file, or "auto" (the newest checkpoint in cfg.work_dir).
-    save_dir: also write label maps and overlays there (prediction_writer).
+    save_dir: also write label maps and overlays there (prediction_writer). The confusion
+        matrix of a labelled split goes to cfg.work_dir (see run_evaluation), never there.
     metrics: the split must have labels (False: predictions of an unlabelled split too).
     seed: of the NMF bases (default cfg.seed, else 0): the same seed and process count
         give the same numbers.

@@ -2,6 +2,8 @@
 
     <work_dir>/config.yaml  train_<time>.log  metrics.jsonl  .train.lock
     <work_dir>/checkpoints/iter_XXXXXXXX.pkl
+    <work_dir>/confusion_matrix_iter_XXXXXXXX.{npy,png}  (each evaluation; --task val / test
+        write confusion_matrix.{npy,png}; see jseg.engine.evaluator.run_evaluation)
 
 - One training per work dir: a run holds an exclusive `flock` on `.train.lock` while it
   runs, and a second one is refused, naming the holder. The kernel drops the lock when
