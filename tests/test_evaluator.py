@@ -3,6 +3,7 @@ what restoring every class at once gives, for one view and for several (multi-sc
 evaluations log the chosen metrics, record them in metrics.jsonl and write the confusion
 matrix into the work dir."""
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -125,12 +126,16 @@ def test_no_confusion_matrix_when_switched_off(tmp_path):
     logits = [rng.normal(size=(6, 8, 8)).astype(np.float32)]
     meta = {"img_shape": (8, 8), "ori_shape": (8, 8), "flip": False}
     loader = [{"views": [{"img": np.zeros((1, 3, 8, 8), np.float32), "meta": meta}],
-                      "seg": rng.integers(0, 6, size=(8, 8)), "img_path": "x.jpg"}]
+               "seg": rng.integers(0, 6, size=(8, 8)), "img_path": "x.jpg", "index": 0}]
     for switch in ("false", "true"):
         cfg = load_config(DEMO_CONFIG, [f"work_dir={tmp_path / switch}",
                                         f"evaluation.confusion_matrix={switch}"])
         model = FixedLogits(list(logits))
         model.is_training, model.eval = (lambda: False), (lambda: None)
+        # what the evaluator sets per image: the NMF's bases_fn and the number of draws
+        model.decode_head = SimpleNamespace(hamburger=SimpleNamespace(
+            ham=SimpleNamespace(bases_fn=None)))
+        model.nmf_draws = 1
         result = evaluator.run_evaluation(cfg, model, loader, progress=False)
         assert result["confusion_matrix"].sum() == 64, result["confusion_matrix"]
         written = sorted(os.listdir(tmp_path / switch)) if (tmp_path / switch).exists() else []

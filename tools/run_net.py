@@ -12,6 +12,8 @@ examples:
   python tools/run_net.py --config-file C --task val --load-from work_dirs/x/checkpoints/iter_00160000.pkl --tta
   # mmseg's other metrics too: Dice, and F-score / precision / recall
   python tools/run_net.py --config-file C --task val --load-from W "evaluation.metrics=[mIoU,mDice,mFscore]"
+  # the spread of mIoU over 5 NMF seeds (mean, std, min, max, per class too; backbone once)
+  python tools/run_net.py --config-file C --task val --load-from W --nmf-seeds 5
   # write label maps and colour overlays for the validation images
   python tools/run_net.py --config-file C --task test --load-from W --save-dir results/
   # several processes (data parallel, synchronised BatchNorm):
@@ -45,6 +47,9 @@ def parse_args(argv=None):
     parser.add_argument("--save-dir", help="test: folder for label maps and overlays")
     parser.add_argument("--seed", type=int, help="random seed (data order, augmentation, NMF bases)")
     parser.add_argument("--tta", action="store_true", help="val / test: multi-scale + flip")
+    parser.add_argument("--nmf-seeds", type=int, default=1, metavar="K",
+                        help="val: evaluate with the NMF seeds seed .. seed+K-1 and report "
+                             "the spread of the metrics (default 1)")
     parser.add_argument("--label-ids", action="store_true",
                         help="test on Cityscapes: write label ids (for the official evaluation "
                              "server) instead of train ids")
@@ -64,6 +69,11 @@ def run(args):
     if args.device:
         overrides.append(f"device={args.device}")
     cfg = load_config(args.config_file, overrides)
+    if args.nmf_seeds < 1:
+        raise ConfigError(f"--nmf-seeds must be 1 or more, got {args.nmf_seeds}")
+    if args.nmf_seeds > 1 and args.task != "val":
+        raise ConfigError(f"--nmf-seeds measures the spread of the metrics: use it with "
+                          f"--task val, not --task {args.task}")
     if args.task != "train" and not (args.load_from or args.resume):
         raise ConfigError(f"--task {args.task} needs weights: pass --load-from WEIGHTS (or "
                           "--resume auto for the newest checkpoint of the work dir)")
@@ -101,8 +111,13 @@ def run(args):
         save_dir = args.save_dir or os.path.join(cfg.work_dir, "predictions")
     result, count = evaluate_weights(
         cfg, args.load_from or args.resume, save_dir=save_dir, metrics=args.task == "val",
-        tta=args.tta, seed=args.seed, label_ids=args.label_ids, progress=not args.no_progress)
-    if result is None:
+        tta=args.tta, seed=args.seed, label_ids=args.label_ids, progress=not args.no_progress,
+        nmf_seeds=args.nmf_seeds)
+    if args.nmf_seeds > 1:
+        v = result["summary"]["mIoU"]
+        print(f"mIoU over {args.nmf_seeds} NMF seeds: mean {v['mean']:.2f}  std {v['std']:.2f}"
+              f"  min {v['min']:.2f}  max {v['max']:.2f}")
+    elif result is None:
         print(f"{count} label maps written to {save_dir} (no labels, no metrics)")
     else:
         print(format_summary(result))

@@ -14,6 +14,7 @@ goes (a running maximum; each class is restored on its own, so the result is the
 same), and several views add their softmax into one (classes, H, W) sum, one
 view at a time (the sum and one view's probabilities are the largest arrays).
 """
+import json
 import logging
 import os
 import time
@@ -27,13 +28,15 @@ from jseg.data.datasets import DATASETS, dataset_settings, read_image
 from jseg.data.loader import build_val_loader
 from jseg.data.palettes import overlay
 from jseg.data.transforms import restore_prediction
-from jseg.utils.atomic import write_image
+from jseg.models.ham_head import ImageBases
+from jseg.utils.atomic import atomic_write, write_image
 
 from .confusion import save_confusion_matrix
 from .metrics import IoUAccumulator, format_table
 from .workdir import WorkDir
 
-__all__ = ["EvaluationError", "predict_image", "evaluate", "run_evaluation",
+__all__ = ["EvaluationError", "predict_image", "predict_draws", "evaluate", "evaluate_seeds",
+           "run_evaluation", "run_seed_spread",
            "prediction_writer", "evaluate_weights"]
 
 logger = logging.getLogger(__name__)
@@ -51,25 +54,39 @@ def predict_image(model, views, return_probs=False):
 
     With return_probs, also the (C, H, W) float32 class probabilities.
     """
-    total = None
+    return predict_draws(model, views, return_probs)[0]
+
+
+def predict_draws(model, views, return_probs=False):
+    """predict_image for every row of the model's output: one per NMF draw when
+    model.nmf_draws is K > 1 (see EncoderDecoder), else a list of one."""
+    totals = None
     for view in views:
         with jt.no_grad():
-            logits = model.inference(jt.array(view["img"])).numpy()[0]
+            logits = model.inference(jt.array(view["img"])).numpy()  # (K, C, h, w)
         if len(views) == 1 and not return_probs:
-            return _chunked_argmax(restore_prediction(logits[c], view["meta"])
-                                   for c in _class_chunks(logits, view["meta"]))
-        probs = _restored(logits, view["meta"])
-        _softmax_inplace(probs)
-        if total is None:
-            total = probs
+            return [_chunked_argmax(restore_prediction(row[c], view["meta"])
+                                    for c in _class_chunks(row, view["meta"]))
+                    for row in logits]
+        if totals is None:
+            totals = [None] * len(logits)
+        for k, row in enumerate(logits):
+            probs = _restored(row, view["meta"])
+            _softmax_inplace(probs)
+            if totals[k] is None:
+                totals[k] = probs
+            else:
+                totals[k] += probs
+            del probs
+    out = []
+    for total in totals:
+        pred = total.argmax(axis=0)
+        if return_probs:
+            total /= len(views)
+            out.append((pred, total))
         else:
-            total += probs
-        del probs
-    pred = total.argmax(axis=0)
-    if return_probs:
-        total /= len(views)
-        return pred, total
-    return pred
+            out.append(pred)
+    return out
 
 
 def _class_chunks(logits, meta):
@@ -112,40 +129,65 @@ def _softmax_inplace(scores):
 
 
 def evaluate(model, loader, num_classes, ignore_index=255, on_prediction=None, progress=True,
-             labelled=True):
+             labelled=True, seed=0):
     """Run `model` over `loader`; returns (IoUAccumulator, seconds).
 
     on_prediction(item, pred) is called per image (e.g. to write PNGs). Under MPI each
     rank evaluates its share of the loader and the confusion matrices are summed.
     labelled=False (a split without label maps, e.g. a benchmark's test images): only
     predictions, and (None, seconds) is returned.
+    seed: the NMF bases of image i come from (seed, i) alone (`ImageBases`), so the result
+    is the same for any number of processes, loader workers and image order.
     """
+    accs, seconds = _evaluate_draws(model, loader, num_classes, ignore_index, [seed],
+                                    on_prediction, progress, labelled)
+    return (accs[0] if accs is not None else None), seconds
+
+
+def evaluate_seeds(model, loader, num_classes, seeds, ignore_index=255, progress=True):
+    """`evaluate` for each NMF seed in `seeds`, the backbone run once per view and only the
+    decode head per seed (EncoderDecoder.nmf_draws); returns ([IoUAccumulator per seed],
+    seconds). Each accumulator equals evaluate(..., seed=s)'s up to float round-off in the
+    batched head."""
+    return _evaluate_draws(model, loader, num_classes, ignore_index, list(seeds), None,
+                           progress, True)
+
+
+def _evaluate_draws(model, loader, num_classes, ignore_index, seeds, on_prediction, progress,
+                    labelled):
     was_training = model.is_training()
     model.eval()
-    acc = IoUAccumulator(num_classes, ignore_index)
+    ham = model.decode_head.hamburger.ham
+    saved = ham.bases_fn, model.nmf_draws
+    model.nmf_draws = len(seeds)
+    accs = [IoUAccumulator(num_classes, ignore_index) for _ in seeds]
     start = time.time()
     try:
         for item in tqdm(loader, desc="eval", unit="img", disable=not progress, leave=False):
-            pred = predict_image(model, item["views"])
+            ham.bases_fn = ImageBases(seeds, item["index"])
+            preds = predict_draws(model, item["views"])
             if labelled:
                 if item["seg"] is None:
                     raise ValueError(f"{item['img_path']} has no label map in a labelled split")
-                acc.add(pred, item["seg"])
+                for acc, pred in zip(accs, preds):
+                    acc.add(pred, item["seg"])
             if on_prediction is not None:
-                on_prediction(item, pred)
+                on_prediction(item, preds[0])
     finally:
+        ham.bases_fn, model.nmf_draws = saved
         if was_training:
             model.train()
     if not labelled:
         return None, time.time() - start
     if jt.in_mpi:  # float64 counts are exact up to 2^53 pixels
-        acc.confusion = jt.array(acc.confusion.astype(np.float64)).mpi_all_reduce("add") \
-            .numpy().round().astype(np.int64)
-    return acc, time.time() - start
+        for acc in accs:
+            acc.confusion = jt.array(acc.confusion.astype(np.float64)).mpi_all_reduce("add") \
+                .numpy().round().astype(np.int64)
+    return accs, time.time() - start
 
 
 def run_evaluation(cfg, model, loader, run_log=None, iteration=None, progress=True,
-                   on_prediction=None):
+                   on_prediction=None, seed=0):
     """Evaluate on `loader`, log the per-class table and the summary; returns the result dict,
     or None when the split has no labels (predictions only, through `on_prediction`).
 
@@ -154,11 +196,13 @@ def run_evaluation(cfg, model, loader, run_log=None, iteration=None, progress=Tr
     cfg.evaluation.confusion_matrix, rank 0 writes them into cfg.work_dir
     (jseg.engine.confusion): confusion_matrix.{npy,png}, or during training (`iteration`
     given) confusion_matrix_iter_<iteration, 8 digits>.{npy,png}, one pair per evaluation.
-    run_log: the trainer's log, which records the result as a metrics line."""
+    run_log: the trainer's log, which records the result as a metrics line.
+    seed: of the NMF bases (see `evaluate`)."""
     head = cfg.model.decode_head
     labelled = cfg.data.val.get("ann_dir") is not None
     acc, seconds = evaluate(model, loader, head.num_classes, head.ignore_index,
-                            on_prediction=on_prediction, progress=progress, labelled=labelled)
+                            on_prediction=on_prediction, progress=progress, labelled=labelled,
+                            seed=seed)
     if acc is None:
         logger.info("predicted %d unlabelled images (%.1fs)", len(loader), seconds)
         return None
@@ -185,6 +229,57 @@ def run_evaluation(cfg, model, loader, run_log=None, iteration=None, progress=Tr
         run_log.record(mode="val", iter=iteration, **record)
     result["confusion_matrix"] = acc.confusion
     return result
+
+
+def run_seed_spread(cfg, model, loader, seeds, progress=True):
+    """Evaluate with every NMF seed in `seeds` (`evaluate_seeds`) and log the spread of
+    aAcc / mIoU / mAcc and of every class's IoU over them: mean, std (ddof 1), min, max.
+    Rank 0 writes it all to cfg.work_dir/nmf_seed_spread.json. Returns that dict."""
+    head = cfg.model.decode_head
+    accs, seconds = evaluate_seeds(model, loader, head.num_classes, seeds, head.ignore_index,
+                                   progress)
+    classes = list(dataset_settings(cfg.data)["classes"])
+    results = [acc.compute(["mIoU"]) for acc in accs]
+
+    def spread(values):
+        v = np.asarray(values, np.float64)
+        if np.isnan(v).all():
+            return {"mean": None, "std": None, "min": None, "max": None}
+        std = float(np.nanstd(v, ddof=1)) if np.count_nonzero(~np.isnan(v)) > 1 else 0.0
+        return {"mean": float(np.nanmean(v)), "std": std, "min": float(np.nanmin(v)),
+                "max": float(np.nanmax(v))}
+
+    summary = {key: dict(spread([r[key] for r in results]),
+                         per_seed=[_json_number(r[key]) for r in results])
+               for key in ("aAcc", "mIoU", "mAcc")}
+    per_class = {c: spread([r["IoU"][i] for r in results]) for i, c in enumerate(classes)}
+    out = {"seeds": [int(s) for s in seeds], "images": len(loader), "seconds": seconds,
+           "summary": summary, "IoU": per_class}
+
+    def cell(x):
+        return "nan" if x is None else f"{x:.2f}"
+
+    width = max(len("Class"), *(len(c) for c in classes))
+    lines = [f"{'Class':<{width}}  {'IoU mean':>8}  {'std':>5}  {'min':>6}  {'max':>6}"]
+    lines += [f"{c:<{width}}  {cell(v['mean']):>8}  {cell(v['std']):>5}  {cell(v['min']):>6}  "
+              f"{cell(v['max']):>6}" for c, v in per_class.items()]
+    for key, v in summary.items():
+        lines.append(f"{key}: mean {cell(v['mean'])}  std {cell(v['std'])}  min "
+                     f"{cell(v['min'])}  max {cell(v['max'])}  (per seed: "
+                     + " ".join(cell(x) for x in v["per_seed"]) + ")")
+    logger.info("NMF seed spread over %d seeds (%s) on %d images (%.1fs; the backbone ran once "
+                "per image, the head once per seed):\n%s", len(seeds),
+                ", ".join(map(str, seeds)), len(loader), seconds, "\n".join(lines))
+    if not jt.in_mpi or jt.rank == 0:
+        path = os.path.join(cfg.work_dir, "nmf_seed_spread.json")
+        try:
+            os.makedirs(cfg.work_dir, exist_ok=True)
+            with atomic_write(path, "w") as f:
+                json.dump(out, f, indent=1)
+            logger.info("seed spread written to %s", path)
+        except OSError as e:
+            logger.warning("could not write %s: %s", path, e)
+    return out
 
 
 def _json_number(value):
@@ -218,15 +313,17 @@ def prediction_writer(cfg, save_dir, label_ids=False):
 
 
 def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, seed=None,
-                     label_ids=False, progress=True):
+                     label_ids=False, progress=True, nmf_seeds=1):
     """Evaluate and / or predict the validation split of `cfg` with `weights`.
 
     weights: a weights file, or "auto" (the newest checkpoint in cfg.work_dir).
     save_dir: also write label maps and overlays there (prediction_writer). The confusion
         matrix of a labelled split goes to cfg.work_dir (see run_evaluation), never there.
     metrics: the split must have labels (False: predictions of an unlabelled split too).
-    seed: of the NMF bases (default cfg.seed, else 0): the same seed and process count
-        give the same numbers.
+    seed: of the NMF bases (default cfg.seed, else 0): image i's bases come from (seed, i),
+        so the same seed gives the same numbers for any process count and image order.
+    nmf_seeds: K > 1 evaluates with the seeds seed .. seed + K - 1 at once and returns the
+        spread (run_seed_spread) instead of one result; needs labels, no save_dir.
     Returns (result or None without labels, number of images).
     """
     from jseg.models import build_model
@@ -236,6 +333,12 @@ def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, se
                               "is null; write predictions of unlabelled images instead")
     if weights is None:
         raise EvaluationError("evaluation needs weights: give a weights file or 'auto'")
+    if not isinstance(nmf_seeds, int) or nmf_seeds < 1:
+        raise EvaluationError(f"the number of NMF seeds must be an integer >= 1, got "
+                              f"{nmf_seeds!r}")
+    if nmf_seeds > 1 and (save_dir or not metrics):
+        raise EvaluationError("several NMF seeds measure the spread of the metrics: use them "
+                              "with val (labels, no saved predictions)")
     if weights == "auto":
         weights = WorkDir(cfg.work_dir).newest_checkpoint()
     on_prediction = prediction_writer(cfg, save_dir, label_ids) if save_dir else None
@@ -246,7 +349,11 @@ def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, se
     rank, world = (jt.rank, jt.world_size) if jt.in_mpi else (0, 1)
     loader = build_val_loader(cfg, tta=tta, rank=rank, world_size=world)
     logger.info("evaluating %s (seed %d%s)", weights, seed, ", multi-scale + flip" if tta else "")
-    result = run_evaluation(cfg, model, loader, progress=progress, on_prediction=on_prediction)
+    if nmf_seeds > 1:
+        seeds = list(range(seed, seed + nmf_seeds))
+        return run_seed_spread(cfg, model, loader, seeds, progress=progress), len(loader)
+    result = run_evaluation(cfg, model, loader, progress=progress, on_prediction=on_prediction,
+                            seed=seed)
     if save_dir:
         logger.info("label maps and overlays written to %s", save_dir)
     return result, len(loader)

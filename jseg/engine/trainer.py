@@ -524,7 +524,8 @@ def _train(cfg, model, s, run_log, progress, rank, world, is_main):
             if evaluate_at_all and ((interval > 0 and done % interval == 0) or done == max_iters):
                 if val_loader is None:
                     val_loader = build_val_loader(cfg, rank=rank, world_size=world)
-                last_eval = run_evaluation(cfg, model, val_loader, run_log, done, progress)
+                last_eval = run_evaluation(cfg, model, val_loader, run_log, done, progress,
+                                           seed=s.seed)
                 model.train()
                 meter.paused()
     except KeyboardInterrupt:

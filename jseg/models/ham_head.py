@@ -18,7 +18,7 @@ from jseg.ops import matmul
 from .layers import ConvModule, PointwiseConv2d, normal_init_, resize
 from .losses import CrossEntropyLoss, accuracy
 
-__all__ = ["NMF2D", "Hamburger", "LightHamHead", "seeded_bases"]
+__all__ = ["NMF2D", "Hamburger", "LightHamHead", "seeded_bases", "ImageBases"]
 
 # Multiplicative-update denominators get this added (as in all references).
 NMF_EPS = 1e-6
@@ -26,18 +26,46 @@ NMF_EPS = 1e-6
 L2_EPS = 1e-12
 
 
-def seeded_bases(shape, seed: int = 0, index: int = 0):
+def seeded_bases(shape, seed: int = 0, index=0):
     """Reproducible NMF bases without Jittor's RNG: a float32 array of `shape` (B*S, D, R).
 
-    U[0, 1) values from numpy's generator seeded with (seed, index), L2-normalised over D
-    (axis 1, the norm taken in float64) as `NMF2D.random_bases` normalises its draw. Used to
-    give two implementations the same bases (jseg.diagnostics.parity, index = the k-th draw)
-    and as the constant bases of an exported graph (jseg.export.onnx).
+    U[0, 1) values from numpy's generator seeded with (seed, index) -- `index` an int or a
+    tuple of ints, e.g. (image, draw) -- L2-normalised over D (axis 1, the norm taken in
+    float64) as `NMF2D.random_bases` normalises its draw. Used to give two implementations
+    the same bases (jseg.diagnostics.parity, index = the k-th draw), as the constant bases
+    of an exported graph (jseg.export.onnx) and per image in evaluation (`ImageBases`).
     """
-    rng = np.random.default_rng((int(seed), int(index)))
+    index = tuple(int(i) for i in index) if isinstance(index, (tuple, list)) else (int(index),)
+    rng = np.random.default_rng((int(seed), *index))
     bases = rng.random(tuple(shape), dtype=np.float32)
     norm = np.sqrt((bases.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
     return (bases / np.maximum(norm, L2_EPS)).astype(np.float32)
+
+
+class ImageBases:
+    """An NMF2D `bases_fn` whose bases depend only on (seed, image, call): the k-th head
+    forward for image `image` gets seeded_bases(..., seed, (image, k)), whatever ran before,
+    in which process or in which order. So an evaluation gives the same areas for any
+    number of MPI ranks, loader workers and image order (slide windows and TTA views are
+    the calls k = 0, 1, ... of their image, always in the same order).
+
+    seeds: one seed, or K seeds for a forward on K draws (EncoderDecoder.nmf_draws = K): a
+    batch of K*B is draw-major, draw j's B images get the bases of seeds[j].
+    """
+
+    def __init__(self, seeds, image: int):
+        self.seeds = [int(s) for s in (seeds if isinstance(seeds, (list, tuple)) else [seeds])]
+        self.image = int(image)
+        self.calls = 0
+
+    def __call__(self, B: int, S: int, D: int, R: int):
+        K = len(self.seeds)
+        if B % K:
+            raise ValueError(f"a batch of {B} cannot hold {K} NMF draws of equal size")
+        draws = [seeded_bases((B // K * S, D, R), seed, (self.image, self.calls))
+                 for seed in self.seeds]
+        self.calls += 1
+        return jt.array(np.concatenate(draws, axis=0))  # (K * B/K * S, D, R), draw-major
 
 
 def _bmm(a, b, transpose_b=False):

@@ -58,6 +58,12 @@ class EncoderDecoder(nn.Module):
         test_mode: "whole" (one pass over the image) or "slide" (sliding windows).
         crop_size, stride: (h, w) window size and step of slide mode.
         tta_ratios, tta_flip: default scales and horizontal flip of `aug_test`.
+
+    `nmf_draws` (attribute, default 1): with K > 1, eval-mode inference runs the backbone
+    once and the decode head once on K copies of the features (one batch), each copy with
+    its own NMF bases (random, or as the NMF's `bases_fn` chooses them for a batch of K*B).
+    Every output is then (K*B, ...), draw-major: rows k*B .. k*B + B - 1 are draw k. This
+    is how an evaluation measures the spread over NMF seeds for the cost of the heads only.
     """
 
     TEST_MODES = ("whole", "slide")
@@ -80,14 +86,19 @@ class EncoderDecoder(nn.Module):
         self.stride = None if stride is None else tuple(int(v) for v in stride)
         self.tta_ratios = tuple(float(r) for r in tta_ratios)
         self.tta_flip = bool(tta_flip)
+        self.nmf_draws = 1
 
     @property
     def num_classes(self):
         return self.decode_head.num_classes
 
     def encode_decode(self, img):
-        """(B, C_in, H, W) -> logits (B, num_classes, H, W)."""
-        logits = self.decode_head(self.backbone(img))
+        """(B, C_in, H, W) -> logits (B, num_classes, H, W); (K*B, ...) with nmf_draws K."""
+        features = self.backbone(img)
+        if self.nmf_draws > 1 and not self.is_training():
+            # (B, C, h, w) -> (K*B, C, h, w): K copies of the batch, draw-major
+            features = [f.repeat(self.nmf_draws, 1, 1, 1) for f in features]
+        logits = self.decode_head(features)
         return resize(logits, img.shape[2:], self.decode_head.align_corners)
 
     def whole_inference(self, img):
@@ -103,9 +114,10 @@ class EncoderDecoder(nn.Module):
         if crop_size is None or stride is None:
             raise ValueError("slide inference needs crop_size and stride (test_cfg)")
         _check_slide_settings(crop_size, stride)
-        B, _, H, W = img.shape
+        _, _, H, W = img.shape
         boxes = slide_windows(H, W, crop_size, stride)
         windows = [self.encode_decode(img[:, :, y1:y2, x1:x2]) for y1, y2, x1, x2 in boxes]
+        B = windows[0].shape[0]  # K*B with nmf_draws K
         if slide_merge.applies(windows):  # one multi-threaded pass, same sums
             return slide_merge.slide_merge(windows, boxes, (H, W))
         logits = jt.zeros((B, self.num_classes, H, W), "float32")
