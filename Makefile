@@ -2,7 +2,7 @@
 # set-up runs again only when setup.py or this file changes, so a second call is fast.
 # `make demo` installs only what the package needs at run time (and matplotlib); the test
 # set-up adds pytest, the dataset converters' extras, the PyTorch parity stack and
-# onnx + onnxruntime (export tests).
+# onnx + onnxruntime (export tests) and tensorboardX.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -24,7 +24,7 @@ $(RUNTIME_STAMP): setup.py Makefile
 	@touch $@
 
 $(TEST_STAMP): $(RUNTIME_STAMP)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,convert,plot,parity,export]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,convert,plot,parity,export,tensorboard]"
 	@# mmengine (parity extra) pulls opencv-python, which needs libGL; keep only the
 	@# headless build of cv2, at the version pip resolved.
 	@v=$$($(PY) -c 'import importlib.metadata as m; print(m.version("opencv-python-headless"))'); \

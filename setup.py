@@ -35,6 +35,8 @@ setup(
         # tools/export.py --format onnx builds the graph with the onnx package (the format's
         # own library); onnxruntime runs and checks it (tests, tools/benchmark.py).
         "export": ["onnx>=1.16", "onnxruntime>=1.17"],
+        # train.tensorboard: event files through tensorboardX (no TensorFlow, no torch).
+        "tensorboard": ["tensorboardX>=2.6"],
         # Only for tools/dataset_converters: Cityscapes label drawing and SBD .mat files.
         "convert": ["cityscapesscripts>=2.2", "scipy>=1.7"],
     },

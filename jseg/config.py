@@ -382,6 +382,11 @@ SCHEMA = Section(
                                at_least(0)),
         amp=Field(bool, False, "mixed precision: fp16 compute, fp32 weights, dynamic loss "
                   "scaling (CUDA only; see jseg/engine/amp.py)"),
+        tensorboard=Field(bool, False, "also write TensorBoard event files to "
+                          "work_dir/tensorboard: losses, lr, metrics, per-class values and "
+                          "sample predictions (needs tensorboardX; jseg/engine/tensorboard.py)"),
+        tensorboard_samples=Field(int, 4, "validation images drawn (image | label | "
+                                  "prediction) into TensorBoard per evaluation", at_least(0)),
     ),
     evaluation=Section(
         "metrics of --task val / test and of the evaluations during training",

@@ -21,6 +21,7 @@ Rank-0-only work (the lock, logs, checkpoints, the resolved config) is marked as
 """
 import collections
 import contextlib
+import importlib.util
 import json
 import logging
 import logging.handlers
@@ -40,12 +41,14 @@ from tqdm import tqdm
 from jseg.checkpoint import (check_optimizer_state, checkpoint_iteration, load_state_dict,
                              read_checkpoint, read_training_checkpoint, write_checkpoint)
 from jseg.config import config_to_yaml, dump_config
+from jseg.data.datasets import dataset_settings
 from jseg.data.loader import build_train_loader, build_val_loader, random_seed
 from jseg.models import build_model
 
 from .amp import DynamicLossScaler, amp_scope
 from .evaluator import run_evaluation
 from .optim import LrSchedule, build_optimizer, clip_grad_norm, initial_lrs, set_lr
+from .tensorboard import INSTALL_HINT as TENSORBOARD_HINT, SampleCollector, TensorBoardLog
 from .workdir import CheckpointKeeper, WorkDir
 
 __all__ = ["TrainingError", "train", "iteration_seed"]
@@ -106,7 +109,7 @@ class _RunLog:
 
     def __init__(self, enabled):
         self.enabled = enabled
-        self.handler = self.jsonl = None
+        self.handler = self.jsonl = self.tensorboard = None
         self.buffer = logging.handlers.BufferingHandler(capacity=10 ** 6)
         logger.addHandler(self.buffer)
 
@@ -130,6 +133,8 @@ class _RunLog:
         self.jsonl = open(os.path.join(work_dir, "metrics.jsonl"), "a", encoding="utf-8")
 
     def record(self, **fields):
+        if self.tensorboard is not None:
+            self.tensorboard.record(**fields)
         if self.jsonl is None:
             return
         try:
@@ -143,6 +148,9 @@ class _RunLog:
             self.jsonl = None
 
     def close(self):
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         logger.removeHandler(self.buffer)
         if self.handler is not None:
             logger.removeHandler(self.handler)
@@ -391,6 +399,8 @@ def train(cfg, model=None, *, resume=None, load_from=None, seed=None, progress=T
     """
     rank, world = (jt.rank, jt.world_size) if jt.in_mpi else (0, 1)
     is_main = rank == 0
+    if cfg.train.tensorboard and is_main and importlib.util.find_spec("tensorboardX") is None:
+        raise TrainingError(TENSORBOARD_HINT)  # before anything is written
     work = WorkDir(cfg.work_dir)
     run_log = _RunLog(is_main)
     try:
@@ -402,6 +412,11 @@ def train(cfg, model=None, *, resume=None, load_from=None, seed=None, progress=T
                 os.makedirs(work.ckpt_dir, exist_ok=True)
                 dump_config(cfg, os.path.join(work.path, "config.yaml"))
             run_log.open(work.path)
+            if is_main and cfg.train.tensorboard:
+                run_log.tensorboard = TensorBoardLog(os.path.join(work.path, "tensorboard"),
+                                                     start.start_iter)
+                logger.info("TensorBoard: tensorboard --logdir %s",
+                            run_log.tensorboard.log_dir)
             try:
                 return _train(cfg, start.model, start, run_log, progress, rank, world, is_main)
             finally:
@@ -524,8 +539,14 @@ def _train(cfg, model, s, run_log, progress, rank, world, is_main):
             if evaluate_at_all and ((interval > 0 and done % interval == 0) or done == max_iters):
                 if val_loader is None:
                     val_loader = build_val_loader(cfg, rank=rank, world_size=world)
+                samples = None
+                if run_log.tensorboard is not None and train_cfg.tensorboard_samples:
+                    samples = SampleCollector(train_cfg.tensorboard_samples)
                 last_eval = run_evaluation(cfg, model, val_loader, run_log, done, progress,
-                                           seed=s.seed)
+                                           on_prediction=samples, seed=s.seed)
+                if samples is not None:
+                    run_log.tensorboard.samples(samples.items,
+                                                dataset_settings(cfg.data)["palette"], done)
                 model.train()
                 meter.paused()
     except KeyboardInterrupt:
