@@ -57,3 +57,18 @@ def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     make_demo_data(str(root), num_train=6, num_val=2, size=64, seed=1)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """A weights file of the tiny demo model (TINY_OVERRIDES), freshly initialised with
+    seed 0."""
+    from jseg.checkpoint import write_checkpoint  # jseg first: it sets up Jittor's start
+    from jseg.config import load_config
+    from jseg.models import build_model
+    import jittor as jt
+    jt.set_global_seed(0)
+    model = build_model(load_config(DEMO_CONFIG, TINY_OVERRIDES).model)
+    path = str(tmp_path_factory.mktemp("w") / "tiny.pkl")
+    write_checkpoint(path, {"state_dict": {k: v.numpy() for k, v in model.state_dict().items()}})
+    return path

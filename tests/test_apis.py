@@ -21,17 +21,6 @@ from jseg.data.datasets import DataError
 from jseg.utils.atomic import write_image
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """A tiny model's freshly initialised weights, saved as a checkpoint file."""
-    import jittor as jt
-    from jseg.checkpoint import write_checkpoint
-    from jseg.models import build_model
-    jt.set_global_seed(0)
-    model = build_model(load_config(DEMO_CONFIG, TINY_OVERRIDES).model)
-    path = str(tmp_path_factory.mktemp("w") / "tiny.pkl")
-    write_checkpoint(path, {"state_dict": {k: v.numpy() for k, v in model.state_dict().items()}})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -16,24 +16,12 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_CONFIG, ROOT, TINY_OVERRIDES
-from jseg.config import load_config
 from jseg.utils.atomic import atomic_path, stale_temp_files
 
 DEMO = os.path.join(ROOT, "tools", "demo.py")
 SIZE = (64, 48)  # (width, height) of the frames: the test scale of TINY_OVERRIDES
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """A tiny model's freshly initialised weights, saved as a checkpoint file."""
-    import jittor as jt
-    from jseg.checkpoint import write_checkpoint
-    from jseg.models import build_model
-    jt.set_global_seed(0)
-    model = build_model(load_config(DEMO_CONFIG, TINY_OVERRIDES).model)
-    path = str(tmp_path_factory.mktemp("w") / "tiny.pkl")
-    write_checkpoint(path, {"state_dict": {k: v.numpy() for k, v in model.state_dict().items()}})
-    return path
 
 
 def demo_frames(demo_root):

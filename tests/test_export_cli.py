@@ -19,20 +19,9 @@ def export(*args, expect=0):
     return out
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A weights file of the tiny demo model (random weights, seed 5)."""
-    from jseg.checkpoint import write_checkpoint  # jseg first: it sets up Jittor's start
-    from jseg.config import load_config
-    from jseg.models import build_model
-    import jittor as jt
-
-    jt.set_global_seed(5)
-    model = build_model(load_config(DEMO_CONFIG, TINY).model)
-    path = tmp_path_factory.mktemp("export") / "tiny.pkl"
-    write_checkpoint(str(path), {"state_dict": {k: v.numpy()
-                                                for k, v in model.state_dict().items()}})
-    return str(path)
+@pytest.fixture
+def weights(tiny_weights):
+    return tiny_weights
 
 
 def test_onnx_export_verifies_against_our_model(weights, tmp_path):

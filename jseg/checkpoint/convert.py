@@ -13,13 +13,13 @@ The meta keeps what the way back to mmseg (`jseg.checkpoint.export`) needs besid
 weights: the class names and palette the source recorded, and the values of the BatchNorm
 step counters (`num_batches_tracked`, which our model does not have), by key.
 """
-import hashlib
 import os
 
 import numpy as np
 
 from jseg import __version__
 from jseg.config import load_config
+from jseg.utils.download import sha256_of as file_sha256
 
 from .mapping import (FORMATS, ConversionError, check_against_model, convert_state_dict,
                       describe_architecture, detect_format, infer_state_shapes)
@@ -37,14 +37,6 @@ def expected_shapes_from_config(path):
     cfg = load_config(path)
     model = build_model(cfg["model"])
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _class_names(meta):
