@@ -117,3 +117,16 @@ def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise(user, expect
                          env=dict(env_, **user))
     assert out.stdout.split() == [expected, "None" if not user else expected], \
         (out.stdout, out.stderr[-1000:])
+
+
+def test_openblas_threads_sleep_when_idle_unless_the_user_says_otherwise():
+    """import jseg sets OPENBLAS_THREAD_TIMEOUT before numpy loads OpenBLAS (jseg.ops.sgemm's
+    library), and leaves a value the user set alone."""
+    code = "import os, jseg, numpy; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.stdout.strip() == "4", (out.stdout, out.stderr[-500:])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(env, OPENBLAS_THREAD_TIMEOUT="10"), timeout=120)
+    assert out.stdout.strip() == "10", (out.stdout, out.stderr[-500:])

@@ -287,3 +287,47 @@ def test_kernels_off_the_network_equals_the_kernels():
     np.testing.assert_allclose(on[0], off[0], rtol=1e-4, atol=1e-4 * np.abs(off[0]).max())
     assert abs(on[1] - off[1]) <= 1e-5 * abs(off[1]), (on[1], off[1])
     np.testing.assert_allclose(on[2], off[2], rtol=1e-3, atol=1e-3 * np.abs(off[2]).max())
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False),
+                                              (True, True)])
+def test_openblas_sgemm_equals_a_float64_matmul(trans_a, trans_b):
+    from jseg.ops import sgemm
+    if not sgemm.available():
+        pytest.skip("this numpy has no bundled OpenBLAS; Jittor's matmul is used")
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((37, 53)).astype(np.float32)
+    b = rng.standard_normal((53, 29)).astype(np.float32)
+    out = sgemm.matmul(jt.array(a.T.copy() if trans_a else a),
+                       jt.array(b.T.copy() if trans_b else b), trans_a, trans_b).numpy()
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    assert out.shape == (37, 29) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("use_openblas", [True, False])
+def test_matmul_family_gradients_equal_jittors(use_openblas, monkeypatch):
+    """batched_matmul (both layouts) and the 1x1 conv's matmul give Jittor's values and
+    gradients, on OpenBLAS and on the fallback (Jittor's matmul)."""
+    from jseg.ops import matmul, sgemm
+    if use_openblas and not sgemm.available():
+        pytest.skip("this numpy has no bundled OpenBLAS")
+    monkeypatch.setattr(sgemm, "available", lambda: use_openblas)
+    jt.set_seed(3)
+    a, b, bt = jt.randn(2, 5, 7), jt.randn(2, 7, 6), jt.randn(2, 6, 7)
+    up = jt.randn(2, 5, 6)
+    for fast, slow, inputs in [
+            (matmul.batched_matmul(a, b), nn.bmm(a, b), [a, b]),
+            (matmul.batched_matmul(a, bt, transpose_b=True), nn.bmm_transpose(a, bt), [a, bt])]:
+        got = [fast.numpy()] + [g.numpy() for g in jt.grad((fast * up).sum(), inputs)]
+        want = [slow.numpy()] + [g.numpy() for g in jt.grad((slow * up).sum(), inputs)]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
+    w, x = jt.randn(4, 7), jt.randn(2, 7, 9)
+    up = jt.randn(2, 4, 9)
+    fast = matmul.batched_weight_matmul(w, x)
+    slow = jt.stack([nn.matmul(w, x[i]) for i in range(2)])
+    got = [fast.numpy()] + [g.numpy() for g in jt.grad((fast * up).sum(), [w, x])]
+    want = [slow.numpy()] + [g.numpy() for g in jt.grad((slow * up).sum(), [w, x])]
+    for g, ww in zip(got, want):
+        np.testing.assert_allclose(g, ww, rtol=1e-5, atol=1e-5 * np.abs(ww).max())

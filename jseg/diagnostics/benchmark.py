@@ -42,7 +42,10 @@ The onnxruntime side (`vs_onnxruntime=True`, inference only, whole-image test mo
 same model with the same weights exported by `jseg.export.onnx` (seeded constant NMF bases:
 the same work as our random ones), run by an onnxruntime CPU session with
 intra_op_num_threads = threads, in this process, in the same alternating rounds. Its
-peak memory is not separable from ours (one process), so none is reported for it.
+threads do not spin when idle (session.intra_op.allow_spinning 0): onnxruntime's default
+polling took the cores from the run after it (the PyTorch child's times rose from ~420 to
+~730 ms for SegNeXt-T). Its peak memory is not separable from ours (one process), so none
+is reported for it.
 """
 import ctypes
 import json
@@ -55,6 +58,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from jseg.utils import openblas
 
 __all__ = ["BenchmarkError", "MODES", "VS_TORCH_HINT", "VS_ONNXRUNTIME_HINT",
            "onnxruntime_available", "default_threads", "set_threads",
@@ -100,13 +105,15 @@ def _libgomp():
 
 
 def set_threads(n):
-    """Use `n` OpenMP threads in Jittor's oneDNN (and in torch started after this call)."""
+    """Use `n` threads in Jittor's OpenMP kernels and oneDNN, numpy's OpenBLAS (jseg's
+    matmuls) and torch started after this call."""
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         raise BenchmarkError(f"the thread count must be a positive integer, got {n!r}")
     os.environ["OMP_NUM_THREADS"] = str(n)
     gomp = _libgomp()
     if gomp is not None:
         gomp.omp_set_num_threads(n)
+    openblas.set_threads(n)  # the 1x1-conv matmuls (jseg.ops.sgemm) run in its own pool
 
 
 def openmp_threads():
@@ -355,7 +362,7 @@ class OnnxRuntimeBench:
 
         path = os.path.join(folder, "model.onnx")
         export_onnx(model, path, tuple(img.shape[2:]), bases="seed", dynamic=img.shape[0] > 1)
-        self.session = open_session(path, threads)
+        self.session = open_session(path, threads, spinning=False)  # see the module doc
         self.threads = int(self.session.get_session_options().intra_op_num_threads)
         self.img = img
         self._last = None

@@ -586,11 +586,15 @@ def export_onnx(model, path, shape=(512, 512), *, bases="seed", seed=0, opset=MI
 # ---------------------------------------------------------------------------
 # Running a graph
 
-def open_session(path, threads=None):
+def open_session(path, threads=None, spinning=True):
     """An onnxruntime InferenceSession (CPU) for the graph in `path`; `threads` sets
-    intra_op_num_threads (default: onnxruntime's choice, all cores)."""
+    intra_op_num_threads (default: onnxruntime's choice, all cores). spinning=False: its
+    idle threads sleep at once instead of polling (onnxruntime's default), which would take
+    the cores from whatever runs next in the process or beside it (e.g. in a benchmark)."""
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         if not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")

@@ -1,22 +1,57 @@
-"""Matmuls as per-sample 2-D matmuls, which Jittor hands to oneDNN's sgemm on CPU.
+"""Matmuls as per-sample 2-D matmuls: numpy's OpenBLAS sgemm where numpy ships one
+(`jseg.ops.sgemm`), else Jittor's, which is oneDNN's sgemm on CPU.
 
-- `batched_weight_matmul`: a 1x1 convolution as weight (O, C) @ x[n] (C, H*W): oneDNN's
-  matmul works on NCHW data as it is, its convolution reorders to NHWC and back per call.
+- `batched_weight_matmul`: a 1x1 convolution as weight (O, C) @ x[n] (C, H*W): an sgemm
+  works on NCHW data as it is, oneDNN's convolution reorders to NHWC and back per call.
 - `batched_matmul`: (B, n, k) @ (B, k, m) as B 2-D matmuls (the transpose of b as a
   flag, not a copy); Jittor's batched matmul runs as generated single-core loops (about
   4x slower for the NMF's shapes).
 """
 import jittor as jt
 
-from . import enabled
+from . import enabled, sgemm
 
-__all__ = ["applies", "pointwise_applies", "batched_weight_matmul", "pointwise",
+__all__ = ["applies", "mm", "pointwise_applies", "batched_weight_matmul", "pointwise",
            "batched_matmul"]
 
 
 def applies(*tensors):
     """True when the per-sample 2-D matmuls stand in for Jittor's conv / batched matmul."""
     return enabled(*tensors)
+
+
+def mm(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) of 2-D Vars, op = transpose where asked, without gradient: OpenBLAS
+    when numpy brought it, else Jittor's matmul."""
+    if sgemm.available():
+        return sgemm.matmul(a, b, trans_a, trans_b)
+    if trans_a:
+        a = a.transpose()
+    return jt.nn.matmul_transpose(a, b) if trans_b else jt.nn.matmul(a, b)
+
+
+class _Matmul(jt.Function):
+    """a @ b (2-D) with its gradient, through `mm`."""
+
+    def execute(self, a, b):
+        self.saved = (a, b)
+        return mm(a, b)
+
+    def grad(self, grad_out):
+        a, b = self.saved
+        return mm(grad_out, b, trans_b=True), mm(a, grad_out, trans_a=True)
+
+
+class _MatmulTransposeB(jt.Function):
+    """a @ b^T (2-D) with its gradient, through `mm`."""
+
+    def execute(self, a, b):
+        self.saved = (a, b)
+        return mm(a, b, trans_b=True)
+
+    def grad(self, grad_out):
+        a, b = self.saved
+        return mm(grad_out, b), mm(grad_out, a, trans_a=True)
 
 
 def _per_sample(fn, n):
@@ -33,21 +68,20 @@ class _BatchedWeightMatmul(jt.Function):
 
     def execute(self, x, weight):
         self.saved = (x, weight)
-        return _per_sample(lambda i: jt.nn.matmul(weight, x[i]), x.shape[0])
+        return _per_sample(lambda i: mm(weight, x[i]), x.shape[0])
 
     def grad(self, grad_out):
         x, weight = self.saved
         n = x.shape[0]
-        weight_t = weight.transpose()
-        grad_x = _per_sample(lambda i: jt.nn.matmul(weight_t, grad_out[i]), n)
-        grad_w = jt.nn.matmul_transpose(grad_out[0], x[0])
+        grad_x = _per_sample(lambda i: mm(weight, grad_out[i], trans_a=True), n)
+        grad_w = mm(grad_out[0], x[0], trans_b=True)
         for i in range(1, n):
-            grad_w = grad_w + jt.nn.matmul_transpose(grad_out[i], x[i])
+            grad_w = grad_w + mm(grad_out[i], x[i], trans_b=True)
         return grad_x, grad_w
 
 
 def batched_weight_matmul(weight, x):
-    """(O, C) @ (N, C, L) -> (N, O, L) on oneDNN's sgemm, with gradients."""
+    """(O, C) @ (N, C, L) -> (N, O, L) as N sgemm calls, with gradients."""
     return _BatchedWeightMatmul.apply(x, weight)
 
 
@@ -71,7 +105,7 @@ def _sample(a, i):
 
 def batched_matmul(a, b, transpose_b=False):
     """(B, n, k) @ (B, k, m) -> (B, n, m); b is (B, m, k) if transpose_b. As B 2-D matmuls."""
-    mm = jt.nn.matmul_transpose if transpose_b else jt.nn.matmul
+    op = _MatmulTransposeB.apply if transpose_b else _Matmul.apply
     if a.shape[0] == 1:
-        return mm(_sample(a, 0), _sample(b, 0)).unsqueeze(0)
-    return jt.stack([mm(a[i], b[i]) for i in range(a.shape[0])])
+        return op(_sample(a, 0), _sample(b, 0)).unsqueeze(0)
+    return jt.stack([op(a[i], b[i]) for i in range(a.shape[0])])

@@ -159,6 +159,11 @@ def configure_jittor():
     if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = OPENMP_SPINCOUNT
         _spincount_set_here = True
+    # numpy's OpenBLAS (the 1x1-conv matmuls on CPU, jseg.ops.sgemm) keeps its idle threads
+    # polling for 2^28 cycles (~0.1 s) after every call, which slowed the OpenMP kernels
+    # between the matmuls by up to 2x (SegNeXt-L 512x512: 1293 ms, 1061 ms with 2^4). Read
+    # when OpenBLAS loads, i.e. when numpy is first imported: import jseg first.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
     toolkit = cuda_toolkit()
     for name, value in cuda_settings(toolkit).items():
         os.environ.setdefault(name, value)
@@ -174,10 +179,15 @@ def configure_jittor():
             "Fix: pip install jittor-offline==0.0.7", _jittor_home() / "mkl")
 
 
+OPENBLAS_THREAD_TIMEOUT = "4"  # 2^4 cycles of polling: the minimum OpenBLAS accepts
+
+
 def restore_openmp_defaults():
     """Take back jseg's GOMP_SPINCOUNT from this process's environment (before OpenMP loads),
     for a process that should run with the OpenMP defaults, e.g. PyTorch in a benchmark."""
     global _spincount_set_here
+    if os.environ.get("OPENBLAS_THREAD_TIMEOUT") == OPENBLAS_THREAD_TIMEOUT:
+        os.environ.pop("OPENBLAS_THREAD_TIMEOUT")
     if _spincount_set_here:
         os.environ.pop("GOMP_SPINCOUNT", None)
         _spincount_set_here = False
