@@ -51,19 +51,34 @@ const int OH = out_shape2, OW = out_shape3;
 const JsegResizeTables t(H, W, OH, OW);
 const int *h0 = t.h0.data(), *h1 = t.h1.data(), *w0 = t.w0.data(), *w1 = t.w1.data();
 const float *lh0 = t.lh0.data(), *lh1 = t.lh1.data(), *lw0 = t.lw0.data(), *lw1 = t.lw1.data();
-#pragma omp parallel for schedule(static)
-for (int p = 0; p < NC; p++) {
-    const in0_type* x = in0_p + (size_t)p * H * W;
-    out_type* y = out_p + (size_t)p * OH * OW;
-    for (int oh = 0; oh < OH; oh++) {
-        const in0_type* r0 = x + (size_t)h0[oh] * W;
-        const in0_type* r1 = x + (size_t)h1[oh] * W;
-        const float a0 = lh0[oh], a1 = lh1[oh];
-        out_type* yr = y + (size_t)oh * OW;
-        for (int ow = 0; ow < OW; ow++) {
-            const int c0 = w0[ow], c1 = w1[ow];
-            const float b0 = lw0[ow], b1 = lw1[ow];
-            yr[ow] = a0 * (b0 * r0[c0] + b1 * r0[c1]) + a1 * (b0 * r1[c0] + b1 * r1[c1]);
+// Each source row is interpolated along W once (into a row buffer) and reused by every
+// output row that reads it (4 of them when upscaling 4x), instead of gathering its two
+// columns again per output row: the same products, about half the work.
+#pragma omp parallel
+{
+    std::vector<float> buf0(OW), buf1(OW);
+    #pragma omp for schedule(static)
+    for (int p = 0; p < NC; p++) {
+        const in0_type* x = in0_p + (size_t)p * H * W;
+        out_type* y = out_p + (size_t)p * OH * OW;
+        int row0 = -1, row1 = -1;  // the source rows buf0 / buf1 hold
+        auto horizontal = [&](int row, std::vector<float>& buf) {
+            const in0_type* r = x + (size_t)row * W;
+            float* b = buf.data();
+            for (int ow = 0; ow < OW; ow++) b[ow] = lw0[ow] * r[w0[ow]] + lw1[ow] * r[w1[ow]];
+        };
+        for (int oh = 0; oh < OH; oh++) {
+            const int s0 = h0[oh], s1 = h1[oh];
+            if (s0 != row0) {
+                if (s0 == row1) { std::swap(buf0, buf1); std::swap(row0, row1); }
+                else { horizontal(s0, buf0); row0 = s0; }
+            }
+            if (s1 != row1) { horizontal(s1, buf1); row1 = s1; }
+            const float a0 = lh0[oh], a1 = lh1[oh];
+            const float *b0 = buf0.data(), *b1 = buf1.data();
+            out_type* yr = y + (size_t)oh * OW;
+            #pragma omp simd
+            for (int ow = 0; ow < OW; ow++) yr[ow] = a0 * b0[ow] + a1 * b1[ow];
         }
     }
 }
