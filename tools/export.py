@@ -32,6 +32,7 @@ from jseg.config import ConfigError, load_config  # noqa: E402  (jseg configures
 from jseg.checkpoint import CheckpointError  # noqa: E402
 from jseg.checkpoint.mapping import ConversionError  # noqa: E402
 from jseg.checkpoint.zoo import fetch_weights, is_remote  # noqa: E402
+from jseg.utils.atomic import check_writable  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -56,12 +57,6 @@ def parse_args(argv=None):
     parser.add_argument("out", metavar="OUT", help="file to write (.onnx or .pth)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return parser.parse_intermixed_args(argv)
-
-
-def _check_out(path):
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise OSError(f"cannot write {path}: {folder} is not a writable directory")
 
 
 def export_mmseg(args):
@@ -125,7 +120,7 @@ def export_onnx_file(args):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        _check_out(args.out)
+        check_writable(args.out)
         if args.format == "mmseg":
             export_mmseg(args)
             return 0

@@ -19,6 +19,7 @@ import numpy as np
 
 from jseg import __version__
 from jseg.config import load_config
+from jseg.utils.atomic import check_writable
 from jseg.utils.download import sha256_of as file_sha256
 
 from .mapping import (FORMATS, ConversionError, check_against_model, convert_state_dict,
@@ -80,9 +81,7 @@ def convert_checkpoint(src, dst, fmt="auto", config_file=None, log=print):
     if fmt != "auto" and fmt not in FORMATS:
         raise ConversionError(f"unknown format {fmt!r}; choose auto or one of "
                               f"{', '.join(FORMATS)}")
-    dst_dir = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(dst_dir) or not os.access(dst_dir, os.W_OK):
-        raise OSError(f"cannot write {dst}: {dst_dir} is not a writable directory")
+    check_writable(dst)
 
     container = sniff_checkpoint_format(src)
     checkpoint = load_checkpoint_file(src)

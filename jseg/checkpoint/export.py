@@ -28,6 +28,7 @@ import yaml
 
 from jseg import __version__
 from jseg.config import load_config
+from jseg.utils.atomic import check_writable
 
 from .convert import as_palette, file_sha256
 from .mapping import (ConversionError, check_against_model, infer_state_shapes,
@@ -113,9 +114,7 @@ def export_mmseg_checkpoint(src, dst, config_file=None, log=print):
     when everything passed, and an existing DST is otherwise left as it was.
     """
     src, dst = os.fspath(src), os.fspath(dst)
-    dst_dir = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(dst_dir) or not os.access(dst_dir, os.W_OK):
-        raise OSError(f"cannot write {dst}: {dst_dir} is not a writable directory")
+    check_writable(dst)
 
     checkpoint = load_checkpoint_file(src)
     try:

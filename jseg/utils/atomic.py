@@ -30,11 +30,19 @@ import numpy as np
 
 from .failpoint import failpoint
 
-__all__ = ["atomic_write", "atomic_path", "stale_temp_files", "write_image"]
+__all__ = ["atomic_write", "atomic_path", "check_writable", "stale_temp_files", "write_image"]
 
 
 # what _open_temp names its files; atomic_path adds the suffix of the target (.tmp.mp4)
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[^.]+)?")
+
+
+def check_writable(path):
+    """Raise OSError (one line) unless `path`'s folder exists and may be written: checked
+    before any work, so a bad destination fails at once and nothing is written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise OSError(f"cannot write {path}: {folder} is not a writable directory")
 
 
 def _open_temp(directory, name, temp=None):
