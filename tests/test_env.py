@@ -130,3 +130,29 @@ def test_openblas_threads_sleep_when_idle_unless_the_user_says_otherwise():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(env, OPENBLAS_THREAD_TIMEOUT="10"), timeout=120)
     assert out.stdout.strip() == "10", (out.stdout, out.stderr[-500:])
+
+
+def test_openblas_choice_follows_jseg_openblas():
+    """scipy-openblas32 by default (numpy's bundled one when it is missing), numpy's with
+    JSEG_OPENBLAS=numpy, none with =none; a bad value warns with the choices and is ignored."""
+    code = ("import jseg; from jseg.utils import openblas as o; b = o.library(); "
+            "print(b.sgemm if b else None)")
+    env = {k: v for k, v in os.environ.items() if k != "JSEG_OPENBLAS"}
+
+    def run(value):
+        extra = {} if value is None else {"JSEG_OPENBLAS": value}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(env, **extra), timeout=120, cwd=ROOT)
+
+    try:
+        import scipy_openblas32  # noqa: F401
+        default = "scipy_cblas_sgemm"
+    except ImportError:
+        default = "cblas_sgemm64_"
+    assert run(None).stdout.split()[-1] == default
+    assert run("numpy").stdout.split()[-1] in ("cblas_sgemm64_", "None")
+    assert run("none").stdout.split()[-1] == "None"
+    bad = run("mkl")
+    assert bad.returncode == 0 and bad.stdout.split()[-1] == default
+    assert "JSEG_OPENBLAS='mkl'" in bad.stderr
+    assert "scipy-openblas32, numpy, none" in bad.stderr

@@ -291,10 +291,16 @@ def test_kernels_off_the_network_equals_the_kernels():
 
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False),
                                               (True, True)])
-def test_openblas_sgemm_equals_a_float64_matmul(trans_a, trans_b):
+@pytest.mark.parametrize("which", ["scipy-openblas32", "numpy"])
+def test_openblas_sgemm_equals_a_float64_matmul(which, trans_a, trans_b, monkeypatch):
+    """Each OpenBLAS jseg can call (32-bit and 64-bit integers) gives the float64 product."""
     from jseg.ops import sgemm
-    if not sgemm.available():
-        pytest.skip("this numpy has no bundled OpenBLAS; Jittor's matmul is used")
+    from jseg.utils import openblas
+    blas = {"scipy-openblas32": openblas._scipy_openblas32,
+            "numpy": openblas._numpy_bundled}[which]()
+    if blas is None:
+        pytest.skip(f"no {which} OpenBLAS here; jseg uses another or Jittor's matmul")
+    monkeypatch.setattr(sgemm, "library", lambda: blas)
     rng = np.random.default_rng(1)
     a = rng.standard_normal((37, 53)).astype(np.float32)
     b = rng.standard_normal((53, 29)).astype(np.float32)

@@ -105,8 +105,8 @@ def _libgomp():
 
 
 def set_threads(n):
-    """Use `n` threads in Jittor's OpenMP kernels and oneDNN, numpy's OpenBLAS (jseg's
-    matmuls) and torch started after this call."""
+    """Use `n` threads in Jittor's OpenMP kernels and oneDNN, OpenBLAS (jseg's matmuls)
+    and torch started after this call."""
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
         raise BenchmarkError(f"the thread count must be a positive integer, got {n!r}")
     os.environ["OMP_NUM_THREADS"] = str(n)
@@ -422,6 +422,8 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
     if device == "cpu" and env["device"].startswith("GPU"):
         env["device"] = f"CPU (config device {cfg['device']!r})"
     env["numpy"] = np.__version__
+    blas = openblas.library()
+    env["sgemm"] = blas.name if blas is not None else "Jittor's matmul"
     if vs_onnxruntime and device == "cuda":
         raise BenchmarkError("--vs-onnxruntime compares on CPU only; add device=cpu")
     if vs_torch and device == "cuda":
@@ -514,7 +516,8 @@ def format_report(result):
     lines.append(f"load:     1-min load average {r['load'][0]:.2f} before, {r['load'][1]:.2f} "
                  f"after, on {r['cpus']} CPU(s)")
     versions = [f"python {env['python']}", f"jittor {env['jittor']}",
-                f"oneDNN {env['oneDNN']}", f"numpy {env['numpy']}"]
+                f"oneDNN {env['oneDNN']}", f"numpy {env['numpy']}",
+                f"1x1 convs on {env.get('sgemm', '?')}"]
     if "torch" in env:
         versions += [f"torch {env['torch']}", f"mmsegmentation {env['mmsegmentation']}"]
     if "onnxruntime" in env:

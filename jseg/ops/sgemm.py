@@ -1,17 +1,17 @@
-"""2-D float32 matmuls on the OpenBLAS that numpy ships with, from inside Jittor.
+"""2-D float32 matmuls on OpenBLAS, from inside Jittor.
 
-Jittor's CPU matmul is oneDNN 2.2's sgemm. On a 2-core AMD EPYC (AVX-512) numpy's
-bundled OpenBLAS 0.3.23 computes SegNeXt's 1x1-convolution shapes 1.0-4.7x faster
-(e.g. (320, 1280) @ (1280, 1024): 177 vs 74 GFLOP/s), and those matmuls are ~80% of
-SegNeXt-L's CPU time. `matmul(a, b, trans_a, trans_b)` is a Jittor op (`jt.code`) that
-calls that library's `cblas_sgemm`, found once per process with dlopen/dlsym.
+Jittor's CPU matmul is oneDNN 2.2's sgemm. On a 2-core AMD EPYC (Zen 3) OpenBLAS computes
+SegNeXt's 1x1-convolution shapes 1.0-4.7x faster (e.g. (320, 1280) @ (1280, 1024): 177 vs
+74 GFLOP/s), and those matmuls are 60-80% of SegNeXt's CPU time. `matmul(a, b, trans_a,
+trans_b)` is a Jittor op (`jt.code`) that calls that library's `cblas_sgemm`, found once
+per process with dlopen/dlsym.
 
-`available()` says whether numpy's wheel brought such a library (jseg.utils.openblas);
-where it did not, callers keep Jittor's matmul.
+`available()` says whether an OpenBLAS was found (jseg.utils.openblas: scipy-openblas32,
+else numpy's bundled one); where none was, callers keep Jittor's matmul.
 
 OpenBLAS runs its own thread pool (not OpenMP): `set_threads(n)` sizes it, and at import
 it follows OMP_NUM_THREADS when that is set, as Jittor's OpenMP does. Its idle threads
-sleep soon after a call when OPENBLAS_THREAD_TIMEOUT was short when numpy loaded it, which
+sleep soon after a call when OPENBLAS_THREAD_TIMEOUT was short when it loaded, which
 `import jseg` arranges (jseg.utils.env): otherwise they poll for ~0.1 s against the
 OpenMP kernels that run between the matmuls.
 """
@@ -37,16 +37,16 @@ _HEADER = r"""
 #include <dlfcn.h>
 #include <cstdio>
 #include <cstdlib>
-// cblas_sgemm of an ILP64 OpenBLAS (blasint = 64-bit)
-typedef void (*jseg_sgemm_t)(int, int, int, long long, long long, long long, float,
-                             const float*, long long, const float*, long long, float,
-                             float*, long long);
+// cblas_sgemm (JSEG_BLASINT: the library's integer type)
+typedef void (*jseg_sgemm_t)(int, int, int, JSEG_BLASINT, JSEG_BLASINT, JSEG_BLASINT, float,
+                             const float*, JSEG_BLASINT, const float*, JSEG_BLASINT, float,
+                             float*, JSEG_BLASINT);
 static jseg_sgemm_t jseg_sgemm() {
     static jseg_sgemm_t f = nullptr;
     if (!f) {
         void* h = dlopen(JSEG_OPENBLAS, RTLD_NOW | RTLD_GLOBAL);
-        f = h ? (jseg_sgemm_t)dlsym(h, "cblas_sgemm64_") : nullptr;
-        if (!f) { std::fprintf(stderr, "jseg: cannot load cblas_sgemm64_ from %s\n",
+        f = h ? (jseg_sgemm_t)dlsym(h, JSEG_SGEMM) : nullptr;
+        if (!f) { std::fprintf(stderr, "jseg: cannot load %s from %s\n", JSEG_SGEMM,
                                JSEG_OPENBLAS); std::abort(); }
     }
     return f;
@@ -67,6 +67,8 @@ def matmul(a, b, trans_a=False, trans_b=False):
     that train define theirs with this same function)."""
     m = a.shape[1] if trans_a else a.shape[0]
     n = b.shape[0] if trans_b else b.shape[1]
-    header = f'#define JSEG_OPENBLAS "{library()}"\n#define TA {int(trans_a)}\n' \
-             f"#define TB {int(trans_b)}\n" + _HEADER
+    blas = library()
+    header = (f'#define JSEG_OPENBLAS "{blas.path}"\n#define JSEG_SGEMM "{blas.sgemm}"\n'
+              f"#define JSEG_BLASINT {blas.int_type}\n"
+              f"#define TA {int(trans_a)}\n#define TB {int(trans_b)}\n" + _HEADER)
     return jt.code((m, n), "float32", [a, b], cpu_header=header, cpu_src=_SOURCE)
