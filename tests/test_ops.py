@@ -26,12 +26,14 @@ def test_depthwise_kernel_matches_jittor_conv(kernel, padding):
     fast = DepthwiseConv2d(6, kernel, padding=padding)
     fast.weight.assign(reference.weight)
     fast.bias.assign(reference.bias)
-    # odd sizes, a kernel taller than the input (21 > 13): border handling matters
-    x = jt.randn(2, 6, 13, 17)
-    upstream = jt.randn(2, 6, 13, 17)
+    # odd sizes, a kernel taller than the input (21 > 13): border handling matters; rows
+    # of 45 are a full 32-wide tile and a partial one
+    x = jt.randn(2, 6, 13, 45)
+    upstream = jt.randn(2, 6, 13, 45)
     assert depthwise.applies(fast, x)
-    expected = _outputs_and_grads(reference, x, upstream)
+    # the kernels first: memory freed by the reference could hold the right answer
     got = _outputs_and_grads(fast, x, upstream)
+    expected = _outputs_and_grads(reference, x, upstream)
     for name, e, g in zip(["output", "grad x", "grad weight", "grad bias"], expected, got):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * np.abs(e).max(), err_msg=name)
 
@@ -119,11 +121,16 @@ def test_mlp_fused_path_matches_the_plain_ops():
         y = fn(x)
         return [t.numpy() for t in (y, *jt.grad((y * upstream).sum(), params))]
 
+    def plain_mlp(v):
+        return mlp.fc2(nn.gelu(nn.Conv2d.execute(mlp.dwconv, nn.Conv2d.execute(mlp.fc1, v))))
+
     fused = run(mlp)
-    plain = run(lambda v: mlp.fc2(nn.gelu(
-        nn.Conv2d.execute(mlp.dwconv, nn.Conv2d.execute(mlp.fc1, v)))))
+    plain = run(plain_mlp)
     for i, (f, p) in enumerate(zip(fused, plain)):
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * np.abs(p).max(), err_msg=str(i))
+    with jt.no_grad():  # the kernel then keeps no pre-activation copy for the gradient
+        np.testing.assert_allclose(mlp(x).numpy(), plain[0], rtol=1e-4,
+                                   atol=1e-5 * np.abs(plain[0]).max())
 
 
 @pytest.mark.parametrize("training, drop_path", [(False, 0.0), (True, 0.0), (True, 0.5)])

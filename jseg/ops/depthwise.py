@@ -14,14 +14,14 @@ from .elementwise import channel_sum
 __all__ = ["applies", "depthwise_conv2d"]
 
 # Shared by the three depthwise kernels: a (H, W) plane copied into a zero-bordered
-# (H + 2 PH, W + 2 PW) buffer, so that no loop needs a border test.
+# buffer of H + 2 PH rows, WP wide (>= W + 2 PW), so that no loop needs a border test.
 _DEPTHWISE_HEADER = r"""
 #include <vector>
 #include <algorithm>
 template <typename T>
 static inline void jseg_pad_plane(const T* src, int H, int W, int PH, int PW, float* dst,
-                                  float add = 0.f) {
-    const int WP = W + 2 * PW;
+                                  float add = 0.f, int WP = 0) {
+    if (WP == 0) WP = W + 2 * PW;
     std::fill(dst, dst + (size_t)(H + 2 * PH) * WP, 0.f);
     for (int h = 0; h < H; h++) {
         const T* __restrict__ row = src + (size_t)h * W;
@@ -30,41 +30,60 @@ static inline void jseg_pad_plane(const T* src, int H, int W, int PH, int PW, fl
         for (int w = 0; w < W; w++) out[w] = row[w] + add;
     }
 }
-// y[h, w] = bias + sum_{kh, kw} k[kh, kw] * xp[h + kh, w + kw], one output row at a
-// time; taps go four at a time (four shifted input rows per pass over the output row,
-// so five loads and one store per four multiply-adds), vectorised over w.
-static inline void jseg_correlate(const float* xp, int H, int W, int KH, int KW,
-                                  const float* k, float bias, float* y) {
-    const int WP = W + KW - 1, T = KH * KW;
+// Row width of the buffer jseg_correlate reads: tiles of JSEG_TILE outputs along w read
+// JSEG_TILE + KW - 1 inputs, so the last tile of a row may read past W + 2 PW.
+#define JSEG_TILE 32
+static inline int jseg_padded_width(int W, int KW) {
+    return (W + JSEG_TILE - 1) / JSEG_TILE * JSEG_TILE + KW - 1;
+}
+// acc[h, w0 + j] = bias + sum_t k[t] * xp[h + t / KW, w0 + j + t % KW] for a tile of
+// JSEG_TILE outputs along w, kept in 8-float registers over every tap (one load per
+// multiply-add, one store per output); store(h, w0, n, acc) writes the first n.
+typedef float jseg_v8 __attribute__((vector_size(32)));
+typedef float jseg_v8u __attribute__((vector_size(32), aligned(4)));  // unaligned loads
+template <typename Store>
+static inline void jseg_correlate(const float* xp, int WP, int H, int W, int KH, int KW,
+                                  const float* k, float bias, Store store) {
+    const int T = KH * KW;
+    std::vector<int> offsets(T);
+    for (int t = 0; t < T; t++) offsets[t] = (t / KW) * WP + t % KW;
+    const int* off = offsets.data();
+    alignas(32) float acc[JSEG_TILE];
     for (int h = 0; h < H; h++) {
-        float* __restrict__ yr = y + (size_t)h * W;
         const float* base = xp + (size_t)h * WP;
-        int t = 0;
-        for (; t + 4 <= T; t += 4) {
-            const float* __restrict__ p0 = base + (size_t)(t / KW) * WP + t % KW;
-            const float* __restrict__ p1 = base + (size_t)((t + 1) / KW) * WP + (t + 1) % KW;
-            const float* __restrict__ p2 = base + (size_t)((t + 2) / KW) * WP + (t + 2) % KW;
-            const float* __restrict__ p3 = base + (size_t)((t + 3) / KW) * WP + (t + 3) % KW;
-            const float k0 = k[t], k1 = k[t + 1], k2 = k[t + 2], k3 = k[t + 3];
-            if (t == 0) {
-                #pragma omp simd
-                for (int w = 0; w < W; w++)
-                    yr[w] = bias + k0 * p0[w] + k1 * p1[w] + k2 * p2[w] + k3 * p3[w];
-            } else {
-                #pragma omp simd
-                for (int w = 0; w < W; w++)
-                    yr[w] += k0 * p0[w] + k1 * p1[w] + k2 * p2[w] + k3 * p3[w];
+        for (int w0 = 0; w0 < W; w0 += JSEG_TILE) {
+            // even taps into a*, odd ones into b*: eight independent chains of
+            // multiply-adds hide the FMA latency
+            jseg_v8 a0 = bias - (jseg_v8){}, a1 = a0, a2 = a0, a3 = a0;
+            jseg_v8 b0 = (jseg_v8){}, b1 = b0, b2 = b0, b3 = b0;
+            const float* row = base + w0;
+            int t = 0;
+            for (; t + 2 <= T; t += 2) {
+                const float ka = k[t], kb = k[t + 1];
+                const float* p = row + off[t];
+                const float* q = row + off[t + 1];
+                a0 += ka * *(const jseg_v8u*)p;
+                b0 += kb * *(const jseg_v8u*)q;
+                a1 += ka * *(const jseg_v8u*)(p + 8);
+                b1 += kb * *(const jseg_v8u*)(q + 8);
+                a2 += ka * *(const jseg_v8u*)(p + 16);
+                b2 += kb * *(const jseg_v8u*)(q + 16);
+                a3 += ka * *(const jseg_v8u*)(p + 24);
+                b3 += kb * *(const jseg_v8u*)(q + 24);
             }
-        }
-        if (t == 0) {
-            #pragma omp simd
-            for (int w = 0; w < W; w++) yr[w] = bias;
-        }
-        for (; t < T; t++) {
-            const float* __restrict__ p0 = base + (size_t)(t / KW) * WP + t % KW;
-            const float k0 = k[t];
-            #pragma omp simd
-            for (int w = 0; w < W; w++) yr[w] += k0 * p0[w];
+            if (t < T) {
+                const float ka = k[t];
+                const float* p = row + off[t];
+                a0 += ka * *(const jseg_v8u*)p;
+                a1 += ka * *(const jseg_v8u*)(p + 8);
+                a2 += ka * *(const jseg_v8u*)(p + 16);
+                a3 += ka * *(const jseg_v8u*)(p + 24);
+            }
+            *(jseg_v8*)acc = a0 + b0;
+            *(jseg_v8*)(acc + 8) = a1 + b1;
+            *(jseg_v8*)(acc + 16) = a2 + b2;
+            *(jseg_v8*)(acc + 24) = a3 + b3;
+            store(h, w0, std::min(JSEG_TILE, W - w0), acc);
         }
     }
 }
@@ -72,39 +91,43 @@ static inline void jseg_correlate(const float* xp, int H, int W, int KH, int KW,
 
 # x (N, C, H, W), weight (C, 1, KH, KW), bias (C,), input bias (C,) -> out0 (N, C, H, W):
 # per (n, c) plane, pad x + input bias, then correlate with the channel's kernel. With
-# HAS_ADDEND, in4 (N, C, H, W) is added to the result; with GELU_EPILOGUE, out1 keeps
-# that pre-activation and out0 = gelu(out1).
+# HAS_ADDEND, in4 (N, C, H, W) is added to the result; with GELU_EPILOGUE, out0 =
+# gelu(result), and with KEEP_PRE out1 keeps the result before GELU (for the gradient).
 _FORWARD = r"""
 const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
 const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
+const int WP = jseg_padded_width(W, KW);
 #pragma omp parallel
 {
-    std::vector<float> xp((size_t)(H + 2 * PH) * (W + 2 * PW));
+    std::vector<float> xp((size_t)(H + 2 * PH) * WP);
     #pragma omp for schedule(static)
     for (int nc = 0; nc < N * C; nc++) {
         const int c = nc % C;
         const size_t plane = (size_t)nc * H * W;
-        jseg_pad_plane(in0_p + plane, H, W, PH, PW, xp.data(), in3_p[c]);
+        jseg_pad_plane(in0_p + plane, H, W, PH, PW, xp.data(), in3_p[c], WP);
+        jseg_correlate(xp.data(), WP, H, W, KH, KW, in1_p + (size_t)c * KH * KW, in2_p[c],
+                       [&](int h, int w0, int n, const float* acc) {
+            const size_t o = plane + (size_t)h * W + w0;
+            float* __restrict__ y = out0_p + o;
+#if HAS_ADDEND
+            const in4_type* __restrict__ extra = in4_p + o;
+#endif
+            #pragma omp simd
+            for (int j = 0; j < n; j++) {
+                float v = acc[j];
+#if HAS_ADDEND
+                v += extra[j];
+#endif
 #if GELU_EPILOGUE
-        jseg_correlate(xp.data(), H, W, KH, KW, in1_p + (size_t)c * KH * KW, in2_p[c],
-                       out1_p + plane);
-#if HAS_ADDEND
-        for (int i = 0; i < H * W; i++) out1_p[plane + i] += in4_p[plane + i];
+#if KEEP_PRE
+                out1_p[o + j] = v;
 #endif
-        const float* __restrict__ pre = out1_p + plane;
-        float* __restrict__ y = out0_p + plane;
-        #pragma omp simd
-        for (int i = 0; i < H * W; i++) y[i] = jseg_gelu(pre[i]);
+                y[j] = jseg_gelu(v);
 #else
-        jseg_correlate(xp.data(), H, W, KH, KW, in1_p + (size_t)c * KH * KW, in2_p[c],
-                       out0_p + plane);
-#if HAS_ADDEND
-        float* __restrict__ y = out0_p + plane;
-        const in4_type* __restrict__ extra = in4_p + plane;
-        #pragma omp simd
-        for (int i = 0; i < H * W; i++) y[i] += extra[i];
+                y[j] = v;
 #endif
-#endif
+            }
+        });
     }
 }
 """
@@ -114,17 +137,23 @@ const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2
 _GRAD_INPUT = r"""
 const int N = in0_shape0, C = in0_shape1, H = in0_shape2, W = in0_shape3;
 const int KH = in1_shape2, KW = in1_shape3, PH = (KH - 1) / 2, PW = (KW - 1) / 2;
+const int WP = jseg_padded_width(W, KW);
 #pragma omp parallel
 {
-    std::vector<float> dyp((size_t)(H + 2 * PH) * (W + 2 * PW));
+    std::vector<float> dyp((size_t)(H + 2 * PH) * WP);
     std::vector<float> flipped((size_t)KH * KW);
     #pragma omp for schedule(static)
     for (int nc = 0; nc < N * C; nc++) {
         const in1_type* k = in1_p + (size_t)(nc % C) * KH * KW;
         for (int t = 0; t < KH * KW; t++) flipped[t] = k[KH * KW - 1 - t];
-        jseg_pad_plane(in0_p + (size_t)nc * H * W, H, W, PH, PW, dyp.data());
-        jseg_correlate(dyp.data(), H, W, KH, KW, flipped.data(), 0.f,
-                       out_p + (size_t)nc * H * W);
+        jseg_pad_plane(in0_p + (size_t)nc * H * W, H, W, PH, PW, dyp.data(), 0.f, WP);
+        out_type* dx = out_p + (size_t)nc * H * W;
+        jseg_correlate(dyp.data(), WP, H, W, KH, KW, flipped.data(), 0.f,
+                       [&](int h, int w0, int n, const float* acc) {
+            out_type* __restrict__ row = dx + (size_t)h * W + w0;
+            #pragma omp simd
+            for (int j = 0; j < n; j++) row[j] = acc[j];
+        });
     }
 }
 """
@@ -179,24 +208,30 @@ class _DepthwiseConv2d(jt.Function):
         self.input_bias_used = in_bias is not None
         if in_bias is None:
             in_bias = jt.zeros((x.shape[1],), "float32")
+        keep_pre = with_gelu and not jt.flags.no_grad  # GELU's gradient needs its input
         header = (GELU_HEADER + f"#define GELU_EPILOGUE {int(with_gelu)}\n"
+                  f"#define KEEP_PRE {int(keep_pre)}\n"
                   f"#define HAS_ADDEND {int(addend is not None)}\n" + _DEPTHWISE_HEADER)
         inputs = [x, weight, bias, in_bias] + ([addend] if addend is not None else [])
-        if with_gelu:
+        if keep_pre:
             y, pre = jt.code([x.shape, x.shape], [x.dtype, x.dtype], inputs, cpu_header=header,
                              cpu_src=_FORWARD)
         else:
             y, pre = jt.code(x.shape, x.dtype, inputs, cpu_header=header, cpu_src=_FORWARD), None
         self.saved = (x, weight, in_bias, pre, addend is not None)
+        self.with_gelu = with_gelu
         return y
 
     def grad(self, grad_out):
         x, weight, in_bias, pre, has_addend = self.saved
+        if self.with_gelu and pre is None:
+            raise RuntimeError("depthwise_conv2d(gelu=True) ran under jt.no_grad(), which "
+                               "drops what its gradient needs; run the forward outside it")
         if pre is not None:
             grad_out = jt.code(pre.shape, pre.dtype, [pre, grad_out], cpu_header=GELU_HEADER,
                                cpu_src=GELU_GRAD)
-        header = (GELU_HEADER + "#define GELU_EPILOGUE 0\n#define HAS_ADDEND 0\n"
-                  + _DEPTHWISE_HEADER)
+        header = (GELU_HEADER + "#define GELU_EPILOGUE 0\n#define KEEP_PRE 0\n"
+                  "#define HAS_ADDEND 0\n" + _DEPTHWISE_HEADER)
         grad_x = jt.code(x.shape, x.dtype, [grad_out, weight], cpu_header=header,
                          cpu_src=_GRAD_INPUT)
         grad_w, grad_b = jt.code([weight.shape, (weight.shape[0],)], [weight.dtype, weight.dtype],
