@@ -236,6 +236,37 @@ def test_cross_entropy_and_accuracy_kernels_match_numpy():
     assert abs(accuracy(x, jt.array(label)).item() - expected_acc) < 1e-3
 
 
+@pytest.mark.parametrize("out_size, align_corners", [((37, 45), False), ((37, 45), True),
+                                                     ((5, 6), False)])
+def test_resized_loss_kernel_equals_resize_then_loss(out_size, align_corners):
+    """The decode head's loss without the full-size logits (CrossEntropyLoss.resized on
+    the kernel) equals resize + cross-entropy + accuracy: loss, accuracy and the gradient
+    of the small logits; upscaling by a non-integer factor (several output rows per
+    source row, both parities of the scatter), and the same size."""
+    from jseg.models.layers import resize
+    from jseg.models.losses import CrossEntropyLoss
+    rng = np.random.default_rng(7)
+    logits = jt.array((rng.standard_normal((2, 7, 5, 6)) * 4).astype("float32"))
+    label = rng.integers(0, 7, (2, *out_size)).astype("uint8")
+    label[0, 0] = 255  # ignored
+    label[1, 0, :3] = 9  # outside the classes: no loss
+    label = jt.array(label)
+    criterion = CrossEntropyLoss(loss_weight=0.7, class_weight=np.linspace(0.5, 2, 7).tolist())
+    loss, acc = criterion.resized(logits, label, align_corners)  # the kernel first
+    got = [loss.item(), acc.item(), jt.grad(loss * 3, logits).numpy()]
+    with ops.disabled():
+        big = resize(logits, out_size, align_corners)
+        loss_ref = criterion(big, label)
+        acc_ref = criterion.resized(logits, label, align_corners)[1]
+        want = [loss_ref.item(), acc_ref.item(), jt.grad(loss_ref * 3, logits).numpy()]
+    assert abs(got[0] - want[0]) <= 1e-5 * abs(want[0]), (got[0], want[0])
+    assert abs(got[1] - want[1]) < 1e-4, (got[1], want[1])
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-5 * np.abs(want[2]).max())
+    broken = logits.numpy()
+    broken[1, 2, 3, 4] = np.inf  # a diverged run shows as a NaN loss
+    assert np.isnan(criterion.resized(jt.array(broken), label, align_corners)[0].item())
+
+
 def test_one_switch_turns_every_kernel_off():
     """ops.enabled() decides for every family; disabled() and JSEG_CPU_KERNELS=0 switch all off."""
     from jseg.ops import elementwise, fused_block, loss, matmul, norm, resize, slide_merge

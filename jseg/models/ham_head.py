@@ -16,7 +16,7 @@ from jittor import nn
 from jseg.ops import matmul
 
 from .layers import ConvModule, PointwiseConv2d, normal_init_, resize
-from .losses import CrossEntropyLoss, accuracy
+from .losses import CrossEntropyLoss
 
 __all__ = ["NMF2D", "Hamburger", "LightHamHead", "seeded_bases", "ImageBases"]
 
@@ -294,8 +294,5 @@ class LightHamHead(nn.Module):
         """
         if label.ndim == 4:
             label = label.squeeze(1)  # (B, 1, H, W) -> (B, H, W)
-        seg_logits = resize(seg_logits, label.shape[1:], self.align_corners)
-        return {
-            self.loss_decode.loss_name: self.loss_decode(seg_logits, label),
-            "acc_seg": accuracy(seg_logits, label, self.loss_decode.ignore_index),
-        }
+        loss, acc = self.loss_decode.resized(seg_logits, label, self.align_corners)
+        return {self.loss_decode.loss_name: loss, "acc_seg": acc}

@@ -12,6 +12,8 @@ from jittor import nn
 
 from jseg.ops import loss as loss_op
 
+from .layers import resize
+
 __all__ = ["cross_entropy", "accuracy", "CrossEntropyLoss"]
 
 
@@ -83,3 +85,22 @@ class CrossEntropyLoss(nn.Module):
     def execute(self, logits, label):
         loss = cross_entropy(logits, label, self.class_weight, self.ignore_index)
         return self.loss_weight * loss
+
+    def resized(self, logits, label, align_corners=False):
+        """(loss, accuracy) of `logits` (B, C, h, w) resized bilinearly to the size of
+        `label` (B, H, W) first, as mmseg's decode head does. On the CPU kernels the
+        resized logits are never stored (jseg.ops.loss.resized_cross_entropy_sum)."""
+        if not loss_op.resized_applies(logits, label):
+            logits = resize(logits, label.shape[1:], align_corners)
+            return self(logits, label), accuracy(logits, label, self.ignore_index)
+        num_classes = logits.shape[1]
+        if self.class_weight is not None and len(self.class_weight) != num_classes:
+            raise ValueError(f"class_weight has {len(self.class_weight)} entries for "
+                             f"{num_classes} classes")
+        weight = jt.array(list(self.class_weight) if self.class_weight is not None
+                          else [1.0] * num_classes, "float32")
+        total, counts = loss_op.resized_cross_entropy_sum(logits, label, weight,
+                                                          self.ignore_index, align_corners)
+        eps = 1.1920928955078125e-07  # as `accuracy`
+        acc = ((counts[0] + eps) / (counts[1] + eps) * 100.0).float32()
+        return self.loss_weight * (total.sum() / label.numel()), acc
