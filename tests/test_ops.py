@@ -267,6 +267,29 @@ def test_resized_loss_kernel_equals_resize_then_loss(out_size, align_corners):
     assert np.isnan(criterion.resized(jt.array(broken), label, align_corners)[0].item())
 
 
+def test_channel_layer_norm_matches_layer_norm_on_channels_last():
+    """MSCAN's stage-end LayerNorm without the permutes: output and every gradient equal
+    Jittor's LayerNorm on the channels-last view (pixels 13 x 11: a full block of 64 and
+    a partial one, batch 2)."""
+    from jseg.ops import norm as norm_op
+    jt.set_seed(4)
+    layer = nn.LayerNorm(6)
+    layer.weight.assign(jt.randn(6))
+    layer.bias.assign(jt.randn(6))
+    x = jt.randn(2, 6, 13, 11) * 3 + 1
+    upstream = jt.randn(2, 6, 13, 11)
+    params = [x, layer.weight, layer.bias]
+    assert norm_op.channel_layer_norm_applies(layer, x)
+
+    def run(y):
+        return [t.numpy() for t in (y, *jt.grad((y * upstream).sum(), params))]
+
+    got = run(norm_op.channel_layer_norm(x, layer.weight, layer.bias, layer.eps))
+    want = run(layer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    for name, g, w in zip(["output", "grad x", "grad weight", "grad bias"], got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max(), err_msg=name)
+
+
 def test_one_switch_turns_every_kernel_off():
     """ops.enabled() decides for every family; disabled() and JSEG_CPU_KERNELS=0 switch all off."""
     from jseg.ops import elementwise, fused_block, loss, matmul, norm, resize, slide_merge
@@ -278,7 +301,9 @@ def test_one_switch_turns_every_kernel_off():
     def applying():
         return [depthwise.applies(conv, x), resize.applies(x), elementwise.applies(x),
                 norm.applies(x), matmul.applies(x), loss.applies(x, label),
-                slide_merge.applies([x]), fused_block.applies(block.fusion_parts(), x)]
+                slide_merge.applies([x]), fused_block.applies(block.fusion_parts(), x),
+                norm.channel_layer_norm_applies(nn.LayerNorm(4), x),
+                loss.resized_applies(x, label)]
 
     assert ops.enabled(x) and all(applying()), applying()
     with ops.disabled():

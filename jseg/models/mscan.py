@@ -15,7 +15,9 @@ so `state_dict()` has exactly mmseg's keys minus `num_batches_tracked`. Never re
 (The official repo and JSeg wrap the MLP depthwise conv once more: `mlp.dwconv.dwconv`.)
 
 Unlike the references, features stay (B, C, H, W) between blocks instead of going through
-(B, N, C) tokens; the stage-end LayerNorm permutes to channels-last and back. Same math.
+(B, N, C) tokens; the stage-end LayerNorm normalises over the channels in place
+(jseg.ops.norm.channel_layer_norm; permuted to channels-last and back where the CPU
+kernels are off). Same math.
 """
 import math
 
@@ -23,6 +25,7 @@ import numpy as np
 from jittor import nn
 
 from jseg.ops import fused_block
+from jseg.ops import norm as norm_op
 
 from .layers import (GELU, BatchNorm2d, DepthwiseConv2d, PointwiseConv2d, constant_init_,
                      normal_init_)
@@ -255,7 +258,11 @@ class MSCAN(nn.Module):
             for block in getattr(self, f"block{i + 1}"):
                 x = block(x)
             # LayerNorm over channels: (B, C, H, W) -> (B, H, W, C) -> norm -> (B, C, H, W)
-            x = getattr(self, f"norm{i + 1}")(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            norm = getattr(self, f"norm{i + 1}")
+            if norm_op.channel_layer_norm_applies(norm, x):
+                x = norm_op.channel_layer_norm(x, norm.weight, norm.bias, norm.eps)
+            else:
+                x = norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             outs.append(x)
         return outs
 
