@@ -213,3 +213,27 @@ def test_tool_loads_a_checkpoint(cfg, tmp_path):
     assert result["checkpoint"] == str(path), result["checkpoint"]
     assert result["results"]["jittor"]["median_ms"] > 0, result["results"]
     assert np.isfinite(result["results"]["jittor"]["memory_mb"]), result["results"]
+
+
+def test_floor_reports_the_time_against_the_macs_at_the_sgemm_peak(cfg):
+    """--floor: the model's MACs per image (the FLOP counter's) at the measured sgemm peak,
+    and Jittor's median as a multiple of that; inference only."""
+    from jseg.diagnostics.benchmark import sgemm_peak_gflops
+    from jseg.diagnostics.flops import count_macs
+    from jseg.models import build_model
+    result = run_benchmark(cfg, batch=2, floor=True, **QUICK)
+    f = result["floor"]
+    model = build_model(cfg["model"])
+    macs = count_macs(model, (1, 3, *result["shape"]))["total"]
+    assert abs(f["gmacs"] - macs / 1e9) < 1e-12, (f, macs)
+    assert 1 < f["peak_gflops"] < 1e5, f
+    assert abs(f["floor_ms"] - 2 * macs / f["peak_gflops"] / 1e6) < 1e-9 * f["floor_ms"], f
+    median = result["results"]["jittor"]["median_ms"]
+    assert abs(f["times_floor"] - median / f["floor_ms"]) < 1e-9 * f["times_floor"], f
+    assert f["times_floor"] > 1, f  # no forward beats the matmul peak
+    assert "floor:" in "\n".join(format_report(result))
+    assert sgemm_peak_gflops(size=256, repeats=1) > 0
+    with pytest.raises(BenchmarkError, match="--floor"):
+        run_benchmark(cfg, mode="train", floor=True, **QUICK)
+    proc = _run_tool("--config-file", DEMO_CONFIG, "--mode", "train", "--floor")
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --floor"), proc.stderr

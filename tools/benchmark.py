@@ -62,6 +62,9 @@ def parse_args(argv=None):
     parser.add_argument("--vs-onnxruntime", action="store_true",
                         help="also time the model exported to ONNX, run by onnxruntime with "
                              "the same threads, interleaved (inference, whole mode)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure the machine's sgemm peak and report Jittor's time "
+                             "against the model's MACs at that rate (inference only)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. model.test_cfg.mode=slide")
     return parser.parse_args(argv)
@@ -73,6 +76,9 @@ def main(argv=None):
         if args.threads is not None and args.threads <= 0:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
         check_settings(args.mode, tuple(args.shape), args.batch, args.iters, args.warmup)
+        if args.floor and args.mode != "infer":
+            raise ValueError("--floor compares inference with the MACs of one forward; use "
+                             "--mode infer")
         if args.vs_torch and not torch_available():
             raise ValueError(VS_TORCH_HINT)
         if args.vs_onnxruntime and not onnxruntime_available():
@@ -92,7 +98,7 @@ def main(argv=None):
                                iters=args.iters, warmup=args.warmup, checkpoint=args.checkpoint,
                                vs_torch=args.vs_torch, threads=args.threads, seed=args.seed,
                                config_name=args.config_file,
-                               vs_onnxruntime=args.vs_onnxruntime)
+                               vs_onnxruntime=args.vs_onnxruntime, floor=args.floor)
     except (ValueError, OSError) as e:
         # BenchmarkError, CheckpointError, WeightsMismatchError, a model the config cannot build
         print(f"error: {e}", file=sys.stderr)

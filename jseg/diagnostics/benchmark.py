@@ -385,18 +385,54 @@ def onnxruntime_available():
 
 
 # ---------------------------------------------------------------------------
+# The hardware floor
+
+def sgemm_peak_gflops(size=2048, repeats=5):
+    """Best GFLOP/s of a (size x size) @ (size x size) float32 matmul over `repeats` runs,
+    on the library jseg's 1x1 convs use (jseg.ops.matmul.mm), with the threads set now."""
+    import jittor as jt
+    from jseg.ops.matmul import mm
+
+    rng = np.random.default_rng(0)
+    a, b = (jt.array(rng.standard_normal((size, size)).astype("float32")) for _ in range(2))
+    jt.sync_all(True)
+    best = float("inf")
+    for i in range(repeats + 1):  # the first run compiles and warms up
+        start = time.perf_counter()
+        mm(a, b).sync()
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def hardware_floor(model, batch, channels, shape, median_ms, peak_gflops=None):
+    """The model's MACs per image (jseg.diagnostics.flops) at the sgemm peak: the time no
+    implementation on this machine can beat. Returns {"gmacs", "peak_gflops", "floor_ms",
+    "times_floor"} (per image; times_floor = median_ms / floor_ms)."""
+    from jseg.diagnostics.flops import count_macs
+
+    peak = sgemm_peak_gflops() if peak_gflops is None else peak_gflops
+    macs = count_macs(model, (1, channels, *shape))["total"]
+    floor_ms = 2.0 * macs / (peak * 1e9) * 1e3
+    return {"gmacs": macs / 1e9, "peak_gflops": peak, "floor_ms": floor_ms,
+            "times_floor": median_ms / floor_ms}
+
+
+# ---------------------------------------------------------------------------
 # The whole run
 
 def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup=2,
                   checkpoint=None, vs_torch=False, threads=None, seed=0, config_name=None,
-                  vs_onnxruntime=False):
+                  vs_onnxruntime=False, floor=False):
     """Time `iters` iterations after `warmup` of the model of `cfg`; see the module docstring.
 
     threads: None for `default_threads()`. Returns a dict: the settings, "env" (versions and
     device), "load" (1-min load average before and after), "threads" ({framework: count read
     back from its runtime}), "results" ({framework: summarize(...) plus "img_per_s",
     "memory_mb", "memory_kind", "finite", "seconds"}) and, with vs_torch, "ratio" (Jittor's
-    median time / torch's); with vs_onnxruntime, "ratio_onnxruntime" likewise. Raises
+    median time / torch's); with vs_onnxruntime, "ratio_onnxruntime" likewise; with floor
+    (inference only), "floor" (`hardware_floor`: Jittor's median against the MACs at the
+    machine's sgemm peak, measured after the timed rounds). Raises
     BenchmarkError for bad settings, for vs_torch without the reference (VS_TORCH_HINT) or on
     GPU, for vs_onnxruntime without onnx / onnxruntime, in train or slide mode, or on GPU.
     """
@@ -405,6 +441,9 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
 
     shape = tuple(shape)
     check_settings(mode, shape, batch, iters, warmup)
+    if floor and mode != "infer":
+        raise BenchmarkError("--floor compares inference with the MACs of one forward; use "
+                             "--mode infer")
     if vs_torch and not torch_available():
         raise BenchmarkError(VS_TORCH_HINT)
     if vs_onnxruntime:
@@ -468,6 +507,11 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
             stats["finite"] = bench.check_finite()
             stats["seconds"] = times[name]
             results[name] = stats
+        floor_result = None
+        if floor:
+            logger.info("measuring the sgemm peak")
+            floor_result = hardware_floor(ours.model, batch, in_channels, shape,
+                                          results["jittor"]["median_ms"])
     finally:
         if worker is not None:
             worker.close()
@@ -486,6 +530,8 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
     if "onnxruntime" in results:
         result["ratio_onnxruntime"] = (results["jittor"]["median_ms"]
                                        / results["onnxruntime"]["median_ms"])
+    if floor_result is not None:
+        result["floor"] = floor_result
     return result
 
 
@@ -538,6 +584,12 @@ def format_report(result):
         lines.append(f"time ratio jittor / torch (medians): {r['ratio']:.2f}")
     if "ratio_onnxruntime" in r:
         lines.append(f"time ratio jittor / onnxruntime (medians): {r['ratio_onnxruntime']:.2f}")
+    if "floor" in r:
+        f = r["floor"]
+        lines.append(f"floor:    {f['gmacs']:.2f} GMAC per image at the sgemm peak of "
+                     f"{f['peak_gflops']:.0f} GFLOP/s (2048^3, {env.get('sgemm', '?')}, "
+                     f"{r['threads_asked']} threads) = {f['floor_ms']:.1f} ms; jittor's median "
+                     f"is {f['times_floor']:.2f}x that")
     for name, s in r["results"].items():
         lines.append(f"{name} iterations (s, in order): "
                      + " ".join(f"{t:.3f}" for t in s["seconds"]))
