@@ -75,10 +75,8 @@ def main(argv=None):
     try:
         if args.threads is not None and args.threads <= 0:
             raise ValueError(f"--threads must be a positive integer, got {args.threads}")
-        check_settings(args.mode, tuple(args.shape), args.batch, args.iters, args.warmup)
-        if args.floor and args.mode != "infer":
-            raise ValueError("--floor compares inference with the MACs of one forward; use "
-                             "--mode infer")
+        check_settings(args.mode, tuple(args.shape), args.batch, args.iters, args.warmup,
+                       args.floor)
         if args.vs_torch and not torch_available():
             raise ValueError(VS_TORCH_HINT)
         if args.vs_onnxruntime and not onnxruntime_available():

@@ -131,7 +131,7 @@ def torch_available():
 # ---------------------------------------------------------------------------
 # Settings, inputs, statistics
 
-def check_settings(mode, shape, batch, iters, warmup):
+def check_settings(mode, shape, batch, iters, warmup, floor=False):
     """Raise BenchmarkError for a setting that cannot be benchmarked."""
     if mode not in MODES:
         raise BenchmarkError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -144,6 +144,9 @@ def check_settings(mode, shape, batch, iters, warmup):
         raise BenchmarkError(f"--iters must be a positive integer, got {iters}")
     if warmup < 0:
         raise BenchmarkError(f"--warmup must be 0 or more, got {warmup}")
+    if floor and mode != "infer":
+        raise BenchmarkError("--floor compares inference with the MACs of one forward; use "
+                             "--mode infer")
 
 
 def make_inputs(batch, channels, height, width, num_classes, seed=0):
@@ -405,13 +408,13 @@ def sgemm_peak_gflops(size=2048, repeats=5):
     return 2.0 * size ** 3 / best / 1e9
 
 
-def hardware_floor(model, batch, channels, shape, median_ms, peak_gflops=None):
-    """The model's MACs per image (jseg.diagnostics.flops) at the sgemm peak: the time no
-    implementation on this machine can beat. Returns {"gmacs", "peak_gflops", "floor_ms",
+def hardware_floor(model, channels, shape, median_ms):
+    """The model's MACs per image (jseg.diagnostics.flops) all at the machine's sgemm peak:
+    a floor for any implementation of the same arithmetic. Returns {"gmacs", "peak_gflops", "floor_ms",
     "times_floor"} (per image; times_floor = median_ms / floor_ms)."""
     from jseg.diagnostics.flops import count_macs
 
-    peak = sgemm_peak_gflops() if peak_gflops is None else peak_gflops
+    peak = sgemm_peak_gflops()
     macs = count_macs(model, (1, channels, *shape))["total"]
     floor_ms = 2.0 * macs / (peak * 1e9) * 1e3
     return {"gmacs": macs / 1e9, "peak_gflops": peak, "floor_ms": floor_ms,
@@ -440,10 +443,7 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
     from jseg.utils.env import environment_report, init_device
 
     shape = tuple(shape)
-    check_settings(mode, shape, batch, iters, warmup)
-    if floor and mode != "infer":
-        raise BenchmarkError("--floor compares inference with the MACs of one forward; use "
-                             "--mode infer")
+    check_settings(mode, shape, batch, iters, warmup, floor)
     if vs_torch and not torch_available():
         raise BenchmarkError(VS_TORCH_HINT)
     if vs_onnxruntime:
@@ -510,7 +510,7 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
         floor_result = None
         if floor:
             logger.info("measuring the sgemm peak")
-            floor_result = hardware_floor(ours.model, batch, in_channels, shape,
+            floor_result = hardware_floor(ours.model, in_channels, shape,
                                           results["jittor"]["median_ms"])
     finally:
         if worker is not None:

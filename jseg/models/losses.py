@@ -24,6 +24,23 @@ def _one_hot_valid(label, num_classes, ignore_index):
     return ((label.unsqueeze(1) == classes) & valid).float32()
 
 
+def _kernel_weight(class_weight, num_classes):
+    """The (C,) float32 class weights the loss kernels take (ones without class_weight);
+    a ValueError when their number is not C."""
+    if class_weight is not None and len(class_weight) != num_classes:
+        raise ValueError(f"class_weight has {len(class_weight)} entries for {num_classes} "
+                         "classes")
+    return jt.array(list(class_weight) if class_weight is not None else [1.0] * num_classes,
+                    "float32")
+
+
+def _percent(correct, labelled):
+    """correct / labelled in percent, a float32 epsilon added to both as mmseg does (an
+    all-ignored batch gives 100)."""
+    eps = 1.1920928955078125e-07
+    return (correct + eps) / (labelled + eps) * 100.0
+
+
 def cross_entropy(logits, label, class_weight=None, ignore_index: int = 255):
     """Mean over all B*H*W pixels of the (weighted) per-pixel cross-entropy; ignored pixels add 0.
 
@@ -34,19 +51,15 @@ def cross_entropy(logits, label, class_weight=None, ignore_index: int = 255):
         ignore_index: label value without loss.
     """
     num_classes = logits.shape[1]
-    if class_weight is not None and len(class_weight) != num_classes:
-        raise ValueError(f"class_weight has {len(class_weight)} entries for {num_classes} "
-                         "classes")
+    weight = _kernel_weight(class_weight, num_classes)
     if loss_op.applies(logits, label):
         # fused CPU kernel: log-softmax, pick and sum in one pass, softmax recomputed in
         # the backward instead of keeping a (B, C, H, W) log-probability tensor
-        weight = jt.array(list(class_weight) if class_weight is not None
-                          else [1.0] * num_classes, "float32")
         pixels = label.numel()
         return loss_op.cross_entropy_sum(logits, label, weight, ignore_index).sum() / pixels
     one_hot = _one_hot_valid(label, num_classes, ignore_index)  # (B, C, H, W)
     if class_weight is not None:
-        one_hot = one_hot * jt.array(list(class_weight), "float32").reshape((1, -1, 1, 1))
+        one_hot = one_hot * weight.reshape((1, -1, 1, 1))
     log_prob = nn.log_softmax(logits, dim=1)
     per_pixel = -(log_prob * one_hot).sum(dim=1)  # (B, H, W)
     return per_pixel.mean()
@@ -57,15 +70,14 @@ def accuracy(logits, label, ignore_index: int = 255):
 
     As mmseg, a float32 epsilon is added to both counts (an all-ignored batch gives 100).
     """
-    eps = 1.1920928955078125e-07
     if loss_op.applies(logits, label):
         counts = loss_op.accuracy_counts(logits, label, ignore_index)
-        return ((counts[0] + eps) / (counts[1] + eps) * 100.0).float32()
+        return _percent(counts[0], counts[1]).float32()
     with jt.no_grad():
         pred, _ = jt.argmax(logits.detach(), dim=1)  # (B, H, W)
         valid = (label != ignore_index).float32()
         correct = ((pred == label).float32() * valid).sum()
-        return (correct + eps) / (valid.sum() + eps) * 100.0
+        return _percent(correct, valid.sum())
 
 
 class CrossEntropyLoss(nn.Module):
@@ -93,14 +105,8 @@ class CrossEntropyLoss(nn.Module):
         if not loss_op.resized_applies(logits, label):
             logits = resize(logits, label.shape[1:], align_corners)
             return self(logits, label), accuracy(logits, label, self.ignore_index)
-        num_classes = logits.shape[1]
-        if self.class_weight is not None and len(self.class_weight) != num_classes:
-            raise ValueError(f"class_weight has {len(self.class_weight)} entries for "
-                             f"{num_classes} classes")
-        weight = jt.array(list(self.class_weight) if self.class_weight is not None
-                          else [1.0] * num_classes, "float32")
+        weight = _kernel_weight(self.class_weight, logits.shape[1])
         total, counts = loss_op.resized_cross_entropy_sum(logits, label, weight,
                                                           self.ignore_index, align_corners)
-        eps = 1.1920928955078125e-07  # as `accuracy`
-        acc = ((counts[0] + eps) / (counts[1] + eps) * 100.0).float32()
+        acc = _percent(counts[0], counts[1]).float32()
         return self.loss_weight * (total.sum() / label.numel()), acc

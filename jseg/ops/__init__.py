@@ -10,8 +10,8 @@ kernels (with their backward passes) or as 2-D sgemm calls:
     elementwise   exact-erf GELU, per-channel bias, per-channel sums
     norm          GroupNorm
     matmul        1x1 convolutions and batched matmuls as per-sample 2-D matmuls
-    sgemm         those 2-D matmuls on numpy's bundled OpenBLAS (faster than oneDNN
-                  2.2's sgemm that Jittor uses), where numpy has one
+    sgemm         those 2-D matmuls on OpenBLAS (scipy-openblas32, else numpy's bundled
+                  one; faster than oneDNN 2.2's sgemm that Jittor uses)
     loss          cross-entropy and accuracy without one-hot or log-probability tensors
     slide_merge   the mean of overlapping slide-inference windows
     fused_block   the MSCAN block with its biases and element-wise steps folded into

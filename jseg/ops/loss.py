@@ -184,13 +184,8 @@ struct JsegResizedGroups {
 // source row `row` of every class of x (C, h, w), interpolated along W: hb (C, OW)
 static inline void jseg_resized_hrow(const float* x, int C, int h, int w, int OW,
                                      const JsegResizeTables& t, int row, float* hb) {
-    const int *w0 = t.w0.data(), *w1 = t.w1.data();
-    const float *lw0 = t.lw0.data(), *lw1 = t.lw1.data();
-    for (int c = 0; c < C; c++) {
-        const float* r = x + ((size_t)c * h + row) * w;
-        float* b = hb + (size_t)c * OW;
-        for (int ow = 0; ow < OW; ow++) b[ow] = lw0[ow] * r[w0[ow]] + lw1[ow] * r[w1[ow]];
-    }
+    for (int c = 0; c < C; c++)
+        jseg_resize_row(x + ((size_t)c * h + row) * w, t, hb + (size_t)c * OW);
 }
 // v (C, OW) = a0 hb0 + a1 hb1; m, arg: per pixel maximum over classes and its first
 // index; s: sum of exp(v - m)

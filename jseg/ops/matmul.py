@@ -1,4 +1,4 @@
-"""Matmuls as per-sample 2-D matmuls: numpy's OpenBLAS sgemm where numpy ships one
+"""Matmuls as per-sample 2-D matmuls: OpenBLAS's sgemm where one was found
 (`jseg.ops.sgemm`), else Jittor's, which is oneDNN's sgemm on CPU.
 
 - `batched_weight_matmul`: a 1x1 convolution as weight (O, C) @ x[n] (C, H*W): an sgemm
@@ -22,7 +22,7 @@ def applies(*tensors):
 
 def mm(a, b, trans_a=False, trans_b=False):
     """op(a) @ op(b) of 2-D Vars, op = transpose where asked, without gradient: OpenBLAS
-    when numpy brought it, else Jittor's matmul."""
+    where one was found (jseg.utils.openblas), else Jittor's matmul."""
     if sgemm.available():
         return sgemm.matmul(a, b, trans_a, trans_b)
     if trans_a:

@@ -131,10 +131,11 @@ def group_norm(x, weight, bias, groups, eps=1e-5):
 # x (N, C, L), weight (C,), bias (C,) -> out0 y (N, C, L), out1 mean (N, L), out2 rstd
 # (N, L): each pixel normalised over its C channels (two-pass, biased variance, as
 # PyTorch's LayerNorm); blocks of JSEG_LN_BLOCK pixels, channel rows read contiguously.
-_LN_HEADER = r"""
+_LN_BLOCK = 64
+_LN_HEADER = f"""
 #include <algorithm>
 #include <cmath>
-#define JSEG_LN_BLOCK 64
+#define JSEG_LN_BLOCK {_LN_BLOCK}
 """
 
 _CHANNEL_LN_FORWARD = r"""
@@ -234,7 +235,7 @@ class _ChannelLayerNorm(jt.Function):
     def grad(self, grad_out):
         x, weight, mean, rstd, header = self.saved
         n, c, length = x.shape
-        tasks = n * ((length + 63) // 64)  # JSEG_LN_BLOCK
+        tasks = n * ((length + _LN_BLOCK - 1) // _LN_BLOCK)
         grad_x, grad_w, grad_b = jt.code(
             [x.shape, (tasks, c), (tasks, c)], [x.dtype, "float32", "float32"],
             [grad_out, x, weight, mean, rstd], cpu_header=header, cpu_src=_CHANNEL_LN_GRAD)

@@ -43,14 +43,23 @@ struct JsegResizeTables {
         jseg_linear_indices(W, OW, ALIGN_CORNERS, w0, w1, lw0, lw1);
     }
 };
+// one source row r (W values) interpolated along W into b (OW values): the first half of
+// every bilinear output, shared by the resize kernel and jseg.ops.loss's resized loss
+template <typename T>
+static inline void jseg_resize_row(const T* r, const JsegResizeTables& t, float* b) {
+    const int OW = (int)t.w0.size();
+    const int *w0 = t.w0.data(), *w1 = t.w1.data();
+    const float *lw0 = t.lw0.data(), *lw1 = t.lw1.data();
+    for (int ow = 0; ow < OW; ow++) b[ow] = lw0[ow] * r[w0[ow]] + lw1[ow] * r[w1[ow]];
+}
 """
 
 _RESIZE_FORWARD = r"""
 const int NC = in0_shape0 * in0_shape1, H = in0_shape2, W = in0_shape3;
 const int OH = out_shape2, OW = out_shape3;
 const JsegResizeTables t(H, W, OH, OW);
-const int *h0 = t.h0.data(), *h1 = t.h1.data(), *w0 = t.w0.data(), *w1 = t.w1.data();
-const float *lh0 = t.lh0.data(), *lh1 = t.lh1.data(), *lw0 = t.lw0.data(), *lw1 = t.lw1.data();
+const int *h0 = t.h0.data(), *h1 = t.h1.data();
+const float *lh0 = t.lh0.data(), *lh1 = t.lh1.data();
 // Each source row is interpolated along W once (into a row buffer) and reused by every
 // output row that reads it (4 of them when upscaling 4x), instead of gathering its two
 // columns again per output row: the same products, about half the work.
@@ -62,18 +71,13 @@ const float *lh0 = t.lh0.data(), *lh1 = t.lh1.data(), *lw0 = t.lw0.data(), *lw1 
         const in0_type* x = in0_p + (size_t)p * H * W;
         out_type* y = out_p + (size_t)p * OH * OW;
         int row0 = -1, row1 = -1;  // the source rows buf0 / buf1 hold
-        auto horizontal = [&](int row, std::vector<float>& buf) {
-            const in0_type* r = x + (size_t)row * W;
-            float* b = buf.data();
-            for (int ow = 0; ow < OW; ow++) b[ow] = lw0[ow] * r[w0[ow]] + lw1[ow] * r[w1[ow]];
-        };
         for (int oh = 0; oh < OH; oh++) {
             const int s0 = h0[oh], s1 = h1[oh];
             if (s0 != row0) {
                 if (s0 == row1) { std::swap(buf0, buf1); std::swap(row0, row1); }
-                else { horizontal(s0, buf0); row0 = s0; }
+                else { jseg_resize_row(x + (size_t)s0 * W, t, buf0.data()); row0 = s0; }
             }
-            if (s1 != row1) { horizontal(s1, buf1); row1 = s1; }
+            if (s1 != row1) { jseg_resize_row(x + (size_t)s1 * W, t, buf1.data()); row1 = s1; }
             const float a0 = lh0[oh], a1 = lh1[oh];
             const float *b0 = buf0.data(), *b1 = buf1.data();
             out_type* yr = y + (size_t)oh * OW;

@@ -25,7 +25,7 @@ __all__ = ["available", "library", "matmul", "set_threads"]
 
 
 def available():
-    """True when numpy brought an OpenBLAS that `matmul` can call."""
+    """True when an OpenBLAS that `matmul` can call was found (jseg.utils.openblas)."""
     return library() is not None
 
 
