@@ -34,6 +34,27 @@ def test_check_env_reports_cpu_and_onednn():
     assert "Download" not in out.stdout + out.stderr
 
 
+def test_check_env_writes_its_report_as_gpu_check_rows(tmp_path):
+    jsonl = tmp_path / "rows.jsonl"
+    out = subprocess.run([sys.executable, CHECK_ENV, "--jsonl", str(jsonl)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    printed = [line.split(":", 1)[0] for line in out.stdout.splitlines()]
+    assert [r["check"] for r in rows] == printed, (rows, out.stdout)
+    assert {(r["id"], r["section"], r["verdict"]) for r in rows} == {
+        ("environment", "environment", "info")}, rows
+
+
+def test_check_env_refuses_an_unknown_option():
+    out = subprocess.run([sys.executable, CHECK_ENV, "--bogus"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 1 and out.stdout == "", (out.returncode, out.stdout)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unrecognized arguments: --bogus"), lines
+
+
 def test_check_env_fails_with_a_hint_when_jittor_cannot_start():
     out = subprocess.run([sys.executable, CHECK_ENV], capture_output=True, text=True, cwd=ROOT,
                          env=dict(os.environ, cc_path="/nonexistent/g++"), timeout=300)

@@ -2,6 +2,7 @@
 the CUDA driver and toolkit (which one and why; cuBLAS / cuDNN) where there is a GPU.
 
     python tools/check_env.py
+    python tools/check_env.py --jsonl rows.jsonl   # also as environment rows of gpu_check
 
 Exits 1 with a hint when Jittor cannot start. The first run on a new machine
 compiles Jittor's core (a few minutes); later runs take about a second.
@@ -11,7 +12,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jseg.utils.env import environment_report  # noqa: E402  (sets Jittor's env first)
+from jseg.utils.cli import ToolParser  # noqa: E402  (sets Jittor's env first)
+from jseg.utils.env import environment_report  # noqa: E402
 
 _HINTS = (  # (text in Jittor's error, fix); the first match wins
     ("Python.h", "install the Python headers (Debian: apt-get install python3-dev)"),
@@ -28,7 +30,11 @@ _HINTS = (  # (text in Jittor's error, fix); the first match wins
 )
 
 
-def main():
+def main(argv=None):
+    parser = ToolParser(__doc__)
+    parser.add_argument("--jsonl", metavar="FILE", help="append the report to this JSON-lines "
+                        "file as tools/gpu_check.py's environment rows")
+    args = parser.parse_args(argv)
     try:
         report = environment_report()
     except Exception as e:  # Jittor raises plain Exceptions when it cannot start
@@ -42,6 +48,12 @@ def main():
     width = max(len(k) for k in report)
     for key, value in report.items():
         print(f"{key + ':':<{width + 1}}  {value}")
+    if args.jsonl:
+        from jseg.diagnostics.gpu_check import Row, Runner, Task
+        runner = Runner(args.jsonl, out=lambda *a, **k: None)
+        task = Task("environment", "environment", "environment", None)
+        for key, value in report.items():
+            runner.emit(task, Row("environment", key, value))
     return 0
 
 

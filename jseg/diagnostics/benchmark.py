@@ -257,10 +257,14 @@ class JittorBench:
 # torch side: the child process and its parent-side handle
 
 class TorchProcess:
-    """mmseg's model in a child process; `step()` asks it for one timed iteration."""
+    """mmseg's model in a child process; `step()` asks it for one timed iteration.
 
-    def __init__(self, threads):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    device: "cpu" or "cuda" (the child's torch device). env: the child's environment
+    (default this process's), e.g. another PYTHONPATH where mmseg's packages live."""
+
+    def __init__(self, threads, device="cpu", env=None):
+        env = dict(os.environ if env is None else env, OMP_NUM_THREADS=str(threads))
+        self.device = device
         self._tmp = tempfile.TemporaryDirectory(prefix="jseg-benchmark-")
         self._stderr = open(os.path.join(self._tmp.name, "worker.log"), "w+", encoding="utf-8")
         code = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
@@ -308,7 +312,7 @@ class TorchProcess:
         np.savez(inputs, img=img, label=label)
         opt = cfg["optimizer"]
         reply = self._ask(cmd="setup", model=_plain(cfg["model"]), mode=mode, weights=weights,
-                          inputs=inputs, threads=self.threads,
+                          inputs=inputs, threads=self.threads, device=self.device,
                           optimizer=dict(lr=opt["lr"], betas=list(opt["betas"]), eps=opt["eps"],
                                          weight_decay=opt["weight_decay"]))
         return reply

@@ -34,12 +34,17 @@ __all__ = ["main"]
 
 
 class _TorchBench:
-    """The child's model: mmseg's EncoderDecoder with the parent's weights, on CPU."""
+    """The child's model: mmseg's EncoderDecoder with the parent's weights, on the request's
+    device ("cpu" or "cuda"; CUDA steps are timed between two synchronisations)."""
 
     def __init__(self, ref, request):
         torch = self.torch = ref.torch
         torch.set_num_threads(int(request["threads"]))
         self.mode = request["mode"]
+        self.device = request.get("device", "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise BenchmarkError(f"torch {torch.__version__} sees no CUDA device")
+        self.sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
         try:
             model = parity.build_reference_model(ref, request["model"])
         except ValueError as e:
@@ -54,10 +59,10 @@ class _TorchBench:
             raise BenchmarkError(f"our weights do not fit mmseg's model: missing {missing[:3]}, "
                                  f"unexpected {unexpected[:3]}, misshaped {misshaped[:3]}")
         model.load_state_dict(state, strict=False)
-        self.model = model
+        self.model = model.to(self.device)
         with np.load(request["inputs"]) as f:
-            self.img = torch.from_numpy(f["img"])
-            label = torch.from_numpy(f["label"].astype(np.int64))
+            self.img = torch.from_numpy(f["img"]).to(self.device)
+            label = torch.from_numpy(f["label"].astype(np.int64)).to(self.device)
         batch, _, height, width = self.img.shape
         shape = (height, width)
         meta = dict(ori_shape=shape, img_shape=shape, pad_shape=shape, padding_size=[0, 0, 0, 0])
@@ -78,13 +83,17 @@ class _TorchBench:
             self.model.eval()
         self.params = sum(p.numel() for p in self.model.parameters())
         self._last = None
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
 
     def step(self):
         torch = self.torch
+        self.sync()
         if self.mode == "infer":
             with torch.no_grad():
                 t0 = time.perf_counter()
                 out = self.model.inference(self.img, self.metas)
+                self.sync()
                 elapsed = time.perf_counter() - t0
         else:
             t0 = time.perf_counter()
@@ -93,6 +102,7 @@ class _TorchBench:
             out = sum(v for k, v in losses.items() if "loss" in k)
             out.backward()
             self.optimizer.step()
+            self.sync()
             elapsed = time.perf_counter() - t0
         self._last = out.detach()
         return elapsed
@@ -101,6 +111,8 @@ class _TorchBench:
         return bool(self.torch.isfinite(self._last).all())
 
     def memory(self):
+        if self.device == "cuda":
+            return self.torch.cuda.max_memory_allocated() / 2 ** 20, "GPU, torch peak allocated"
         return _peak_rss_mb(), "CPU, peak RSS"
 
 

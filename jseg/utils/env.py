@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["configure_jittor", "gpu_available", "onednn_source", "init_device", "cuda_toolkit",
+__all__ = ["configure_jittor", "gpu_available", "no_gpu_reason", "onednn_source", "init_device", "cuda_toolkit",
            "users_nvcc_path", "cuda_settings",
            "environment_report", "restore_openmp_defaults", "DNNL_ARCHIVE", "OPENMP_SPINCOUNT"]
 
@@ -44,17 +44,22 @@ _toolkit = None
 _users_nvcc_path = None
 
 
-def gpu_available():
-    """True when an NVIDIA driver is usable here (device nodes and libcuda)."""
+def no_gpu_reason():
+    """None when an NVIDIA driver is usable here (device nodes and libcuda), else why not."""
     if os.environ.get("JSEG_DEVICE", "").lower() == "cpu":
-        return False
+        return "JSEG_DEVICE=cpu is set"
     if not glob.glob("/dev/nvidia[0-9]*"):
-        return False
+        return "no /dev/nvidia* device (no NVIDIA GPU or driver)"
     try:
         ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
+    except OSError as e:
+        return f"the NVIDIA driver library libcuda.so.1 cannot be loaded ({e})"
+    return None
+
+
+def gpu_available():
+    """True when an NVIDIA driver is usable here (device nodes and libcuda)."""
+    return no_gpu_reason() is None
 
 
 def _jittor_home():
