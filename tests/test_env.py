@@ -3,6 +3,7 @@ env check tool's report and its failure path."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -177,3 +178,98 @@ def test_openblas_choice_follows_jseg_openblas():
     assert bad.returncode == 0 and bad.stdout.split()[-1] == default
     assert "JSEG_OPENBLAS='mkl'" in bad.stderr
     assert "scipy-openblas32, numpy, none" in bad.stderr
+
+
+# A fatal signal in one of Jittor's kernel compile threads (use_parallel_op_compiler > 0):
+# the child below compiles three new kernels (new each run: nothing cached) in one sync,
+# and a watcher process sends SIGSEGV to the first thread other than the main one that has
+# a child (a compile thread running the compiler). Jittor's sync holds the GIL, so the
+# watcher cannot be a thread of the same process. The child runs behind `sh -c` under
+# `timeout`: a child of this process ended by a signal would end pytest too, once it has
+# imported Jittor (its SIGCHLD handler, the second thing replace_jittor_signal_handlers
+# takes back).
+_COMPILE_AND_CRASH = r"""
+import os, subprocess, sys, time
+os.environ["use_parallel_op_compiler"] = "2"
+import jseg
+import jittor as jt
+if sys.argv[1] == "replace":
+    from jseg.utils.env import replace_jittor_signal_handlers
+    replace_jittor_signal_handlers()
+tag = f"{os.getpid()}_{time.time_ns()}"
+outs = [jt.code([4], "float32", [], cpu_src=f"// {tag} {i}\nfor (int j = 0; j < 4; j++) "
+                f"@out(j) = {i};") for i in range(3)]
+watcher = subprocess.Popen([sys.executable, "-c", sys.argv[2], str(os.getpid())])
+jt.sync(outs)
+print("compiled", flush=True)
+"""
+_WATCHER = r"""
+import ctypes, os, signal, sys, time
+pid = int(sys.argv[1])
+end = time.time() + 60
+while time.time() < end:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children = open(f"/proc/{pid}/task/{tid}/children").read().split()
+        except OSError:
+            continue
+        if int(tid) != pid and children:
+            ctypes.CDLL(None).syscall(234, pid, int(tid), int(signal.SIGSEGV))  # tgkill
+            print(f"SIGSEGV sent to compile thread {tid}", file=sys.stderr, flush=True)
+            sys.exit(0)
+    time.sleep(0.02)
+"""
+
+
+def _crash_a_compile_thread(mode, seconds):
+    """(exit status of the child as the shell saw it, stdout, stderr)."""
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        pytest.skip("this kernel has no /proc/<pid>/task/<tid>/children")
+    script = ('timeout -s KILL "$1" "$2" -c "$3" "$4" "$5"; echo "status $?"')
+    out = subprocess.run(["sh", "-c", script, "sh", str(seconds), sys.executable,
+                          _COMPILE_AND_CRASH, mode, _WATCHER], capture_output=True, text=True,
+                         cwd=ROOT, timeout=seconds + 60)
+    status = int(out.stdout.strip().splitlines()[-1].split()[1])
+    return status, out.stdout, out.stderr
+
+
+def test_jittor_hangs_when_a_compile_thread_crashes():
+    """The reproducer: Jittor's handler calls exit() on the faulting compile thread, whose
+    exit handlers then wait for that same thread: the process never ends."""
+    status, stdout, stderr = _crash_a_compile_thread("jittor", 25)
+    assert "SIGSEGV sent to compile thread" in stderr, stderr[-2000:]
+    assert status == 128 + 9, (status, stdout, stderr[-2000:])  # still there: timeout's KILL
+    assert "compiled" not in stdout, stdout
+
+
+def test_replaced_handlers_turn_that_hang_into_a_crash_with_stacks():
+    start = time.monotonic()
+    status, stdout, stderr = _crash_a_compile_thread("replace", 120)
+    seconds = time.monotonic() - start
+    assert "SIGSEGV sent to compile thread" in stderr, stderr[-3000:]
+    assert status == 128 + 11, (status, stdout, stderr[-3000:])  # died of SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in stderr, stderr[-3000:]
+    assert "compiled" not in stdout and seconds < 60, (seconds, stdout)
+
+
+_CHILD_KILLED = r"""
+import subprocess, sys
+import jseg
+import jittor as jt
+if sys.argv[1] == "replace":
+    from jseg.utils.env import replace_jittor_signal_handlers
+    replace_jittor_signal_handlers()
+subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+print("still here", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode, survives", [("jittor", False), ("replace", True)])
+def test_a_child_ended_by_a_signal_ends_a_jittor_process_unless_replaced(mode, survives):
+    out = subprocess.run([sys.executable, "-c", _CHILD_KILLED, mode], capture_output=True,
+                         text=True, cwd=ROOT, timeout=300)
+    if survives:
+        assert out.returncode == 0 and out.stdout.strip() == "still here", out.stderr[-2000:]
+    else:  # Jittor's SIGCHLD handler: "maybe out of memory", quick_exit(1)
+        assert out.returncode == 1 and "still here" not in out.stdout, out.stdout
+        assert "Caught SIGCHLD" in out.stderr, out.stderr[-2000:]

@@ -80,6 +80,33 @@ def test_a_child_past_its_limit_is_stopped_and_its_output_kept(tmp_path):
     assert "started" in (tmp_path / "child.log").read_text()
 
 
+def test_a_check_that_crashes_compiling_in_parallel_runs_again_serially(tmp_path):
+    """gpu_check ends by a signal (what replace_jittor_signal_handlers makes of a crash in a compile
+    thread): its rows stay, the rest runs with --skip-done and serial compiles."""
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "args = sys.argv[1:]\n"
+        "jsonl = args[args.index('--jsonl') + 1]\n"
+        "with open(jsonl, 'a') as f:\n"
+        "    f.write(repr((os.environ.get('use_parallel_op_compiler'), '--skip-done' in args))"
+        " + '\\n')\n"
+        "if os.environ.get('use_parallel_op_compiler') != '0':\n"
+        "    os.kill(os.getpid(), signal.SIGSEGV)\n")
+    jsonl = str(tmp_path / "rows.jsonl")
+    env = {k: v for k, v in os.environ.items() if k != "use_parallel_op_compiler"}
+    code, _ = gpu_run.run_check([sys.executable, "-u", str(script)], env, _log(tmp_path),
+                                str(tmp_path), jsonl, lambda: 300.0)
+    assert code == 0, (tmp_path / "run.log").read_text()
+    assert open(jsonl).read().splitlines() == ["(None, False)", "('0', True)"]
+    assert "died of SIGSEGV" in (tmp_path / "run.log").read_text()
+    # no retry without the time for it
+    os.remove(jsonl)
+    code, _ = gpu_run.run_check([sys.executable, "-u", str(script)], env, _log(tmp_path),
+                                str(tmp_path), jsonl, lambda: 30.0)
+    assert code == -11 and open(jsonl).read().splitlines() == ["(None, False)"]
+
+
 def test_table_of_the_json_lines(tmp_path):
     jsonl = tmp_path / "rows.jsonl"
     rows = [dict(id="a", section="logits", check="T", result="skipped", verdict="skip"),

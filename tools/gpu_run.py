@@ -28,7 +28,9 @@ Steps, each one's output teed into OUT_DIR (run.log holds all of it):
    also the first lines of rows.jsonl. (A new run without --skip-done first renames an
    old rows.jsonl to rows.jsonl.<time>.)
 5. gpu_check.log, rows.jsonl: `tools/gpu_check.py --deadline` with what is left of
-   `--budget`, under a hard limit a little later; rows stream into rows.jsonl.
+   `--budget`, under a hard limit a little later; rows stream into rows.jsonl. Should it die
+   of a signal while Jittor compiles kernels on many threads, it runs again for the rest
+   with serial compiles (`run_check`).
 6. table.txt: the table of rows.jsonl, printed whatever way gpu_check ended.
 
 Exit code: gpu_check's (0 passed, 1 a check failed, 2 no GPU, 3 GPU not usable, 4 deadline
@@ -57,6 +59,9 @@ from gpu_bundle import BundleError, verify_bundle  # noqa: E402  (standard libra
 
 EXIT_SETUP, EXIT_KILLED = 5, 124
 MARGIN = 25.0  # seconds kept after gpu_check's deadline: its table, the copy back
+# gpu_check's watchdog acts at its deadline only when Python runs: Jittor holds the GIL in
+# a sync (a compile of many kernels, say); the hard limit waits this long after the deadline
+HARD_AFTER = 20.0
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -381,6 +386,35 @@ def table_of(jsonl):
     return "\n".join(lines)
 
 
+RETRY_AT_LEAST = 90.0  # seconds left for a serial retry to be worth starting
+
+
+def run_check(command, env, log, out, jsonl, left, skip_done=False):
+    """Run gpu_check (`command`) with a deadline inside what `left()` says is left, teed
+    into out/gpu_check.log. If it dies of a signal while Jittor compiled in parallel (a
+    crash in a compile thread ends the process:
+    jseg.utils.env.replace_jittor_signal_handlers), the
+    rows it measured are kept and it runs again with --skip-done and serial compiles, time
+    permitting. Returns (exit code, seconds of the last run)."""
+    serial = env.get("use_parallel_op_compiler") == "0"
+    while True:
+        deadline = max(5.0, left() - MARGIN)
+        run = [*command, "--jsonl", jsonl, "--deadline", f"{deadline:.0f}"]
+        if skip_done and os.path.isfile(jsonl):
+            run += ["--skip-done", jsonl]
+        log(f"gpu_run: {' '.join(run[2:])} (hard limit {deadline + HARD_AFTER:.0f} s"
+            f"{', serial compiles' if serial else ''})")
+        code, seconds = run_teed(run, env, log, os.path.join(out, "gpu_check.log"),
+                                 timeout=deadline + HARD_AFTER)
+        if code >= 0 or serial or left() < RETRY_AT_LEAST:
+            return code, seconds
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
+        log(f"gpu_run: gpu_check died of {name} after {seconds:.0f} s with parallel kernel "
+            f"compiles; its rows are kept, the rest runs again with use_parallel_op_compiler=0")
+        env = dict(env, use_parallel_op_compiler="0")
+        serial, skip_done = True, True
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -451,15 +485,9 @@ def main(argv=None):
         log("error: Jittor did not start; check_env.log holds its output and the cause")
         return EXIT_SETUP
 
-    left = args.budget - (time.monotonic() - start)
-    deadline = max(5.0, left - MARGIN)
-    command = [sys.executable, "-u", "tools/gpu_check.py", "--jsonl", jsonl,
-               "--deadline", f"{deadline:.0f}", *extra]
-    if args.skip_done and os.path.isfile(jsonl):
-        command += ["--skip-done", jsonl]
-    log(f"gpu_run: {' '.join(command[2:])} (hard limit {deadline + MARGIN / 2:.0f} s)")
-    code, seconds = run_teed(command, env, log, os.path.join(out, "gpu_check.log"),
-                             timeout=deadline + MARGIN / 2)
+    code, seconds = run_check([sys.executable, "-u", "tools/gpu_check.py", *extra], env, log,
+                              out, jsonl, lambda: args.budget - (time.monotonic() - start),
+                              skip_done=args.skip_done)
     table = table_of(jsonl)
     with open(os.path.join(out, "table.txt"), "w", encoding="utf-8") as f:
         f.write(table + "\n")

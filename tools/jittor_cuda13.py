@@ -40,6 +40,12 @@ def main(argv=None):
     parser.add_argument("--cuda-libs", action="append", metavar="DIR",
                         help="compile-check: a folder with include/ and lib/ of CUDA libraries "
                         "(repeatable; default: the nvidia-* pip wheels in site-packages)")
+    parser.add_argument("--compile-threads", type=int, metavar="N",
+                        help="compile-check: Jittor's threads for a graph's kernels "
+                        "(use_parallel_op_compiler; default jseg's 0: the calling thread)")
+    parser.add_argument("--fresh-kernels", action="store_true",
+                        help="compile-check: delete the kernels of an earlier check first "
+                        "(keeping Jittor's core), to time the kernels cold")
     parser.add_argument("--work-dir", help="compile-check: its folder (default "
                         "~/.cache/jseg/cuda-compile-check; Jittor's cache for the check is kept there)")
     args = parser.parse_args(argv)
@@ -48,7 +54,8 @@ def main(argv=None):
         if args.action == "compile-check":
             from jseg.diagnostics.cuda_compile import compile_check
             return compile_check(directory, arch=args.arch, cuda_libs=args.cuda_libs,
-                                 work_dir=args.work_dir)
+                                 work_dir=args.work_dir, threads=args.compile_threads,
+                                 fresh_kernels=args.fresh_kernels)
         if args.if_cuda13:
             found = _cuda13_nvcc()
             if found is None:

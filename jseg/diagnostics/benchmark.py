@@ -338,8 +338,14 @@ class TorchProcess:
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                # SIGTERM first: Jittor's SIGCHLD handler ends this process when a child
+                # ends by any other signal (jseg.utils.env.replace_jittor_signal_handlers)
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             try:
                 pipe.close()

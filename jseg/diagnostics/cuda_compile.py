@@ -213,6 +213,7 @@ from jseg.models import build_model
 from jseg.engine.optim import build_optimizer
 import numpy as np
 facts = {"core and extern": round(time.time() - t0, 1), "has_cuda": int(jt.compiler.has_cuda),
+         "threads": int(jt.flags.use_parallel_op_compiler),
          "archs": list(jt.flags.cuda_archs),
          "libraries": {n: getattr(jt.compile_extern, n + "_ops", None) is not None
                        for n in ("cublas", "cudnn", "curand", "cufft", "cusparse", "cub", "cutt")}}
@@ -252,8 +253,13 @@ print("COMPILE-CHECK " + json.dumps(facts))
 
 
 def compile_check(jittor_directory, arch="90", cuda_libs=None, work_dir=None, config=None,
-                  out=print):
-    """Run the check and print its result; returns the exit code (0: everything compiled)."""
+                  threads=None, fresh_kernels=False, out=print):
+    """Run the check and print its result; returns the exit code (0: everything compiled).
+
+    threads: Jittor's compile threads for a graph's kernels (`use_parallel_op_compiler`;
+    0 compiles on the calling thread; None: jseg's default, 0). fresh_kernels: delete the
+    kernels an earlier check compiled (keeping Jittor's core and CUDA extern), so that the
+    SegNeXt kernels are timed cold."""
     from jseg.utils import jittor_cuda13
 
     found = [(p, v) for p, v in nvcc_candidates(users_nvcc_path()) if v]
@@ -290,6 +296,11 @@ def compile_check(jittor_directory, arch="90", cuda_libs=None, work_dir=None, co
     env = dict(os.environ, HOME=str(work / "home"), nvcc_path=str(view / "bin" / "nvcc"),
                use_cutlass="0", PYTHONPATH=os.pathsep.join(path))
     env.pop("JITTOR_HOME", None)
+    if threads is not None:
+        env["use_parallel_op_compiler"] = str(threads)
+    if fresh_kernels:  # op kernels live in <cache>/jit; the core and extern elsewhere
+        for jit in (work / "home").glob(".cache/jittor/**/jit"):
+            shutil.rmtree(jit)
     (work / "home").mkdir(parents=True, exist_ok=True)
     out(f"compile check: nvcc {version[0]}.{version[1]} ({nvcc}), sm_{arch}, Jittor at "
         f"{jittor_directory}, libraries from {', '.join(map(str, roots)) or 'the toolkit'}; "
@@ -314,6 +325,6 @@ def compile_check(jittor_directory, arch="90", cuda_libs=None, work_dir=None, co
     out(f"CUDA library ops compiled: {libs}")
     out(f"SegNeXt-T train step (forward, loss, backward, AdamW) + inference, then softmax, "
         f"where, argsort, cumsum, argmax: {facts['kernels']} CUDA kernels compiled "
-        f"({facts['segnext']} s for SegNeXt)")
+        f"({facts['segnext']} s for SegNeXt, {facts['threads'] or 'no'} compile threads)")
     out(f"compile check passed in {time.time() - start:.0f} s; log {log}")
     return 0 if all(facts["libraries"].values()) and facts["has_cuda"] else 1

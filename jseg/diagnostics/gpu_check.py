@@ -24,9 +24,13 @@ child keeps the host's numpy 2 and torch.
 
 `Runner` keeps the slot: `deadline` (seconds from the runner's start) skips every task not
 started in time (rows "skip"); a task still running at the deadline is interrupted: the
-Python stacks of every thread are dumped (faulthandler, 5 s before, from C, so a thread that
-holds the GIL cannot stop it), then the table is printed and the process exits (code 4).
-`done` (ids of tasks measured by an earlier run, `read_done`) are not run again.
+Python stacks of every thread are dumped, the table is printed and the process exits (code
+4). Jittor holds the GIL inside a sync, so that happens when Python next runs; faulthandler
+dumps the stacks 5 s before the deadline from C whatever holds the GIL, and tools/gpu_run.py
+kills the process a little after it. `done` (ids of tasks measured by an earlier run,
+`read_done`) are not run again. A fatal signal ends the process instead of hanging it in
+Jittor's handler, and a child ended by a signal does not end it
+(`jseg.utils.env.replace_jittor_signal_handlers`).
 
 `quick=True` is the CPU smoke run the tests use: 64x64, SegNeXt-T only, 4 steps; without a
 GPU the "GPU" side is the CPU with jseg's kernels off (`jseg.ops.disabled()`, the maths that
@@ -455,11 +459,13 @@ def run_gpu_check(quick=False, variants=None, size=None, steps=None, iters=5, wi
     state = {}
 
     def environment():
-        from jseg.utils.env import environment_report
+        from jseg.utils.env import environment_report, replace_jittor_signal_handlers
         report = environment_report()
         import jittor as jt
         state["jt"], state["cuda"], state["report"] = jt, bool(jt.compiler.has_cuda), report
-        report["parallel compile"] = f"{jt.flags.use_parallel_op_compiler} threads"
+        replace_jittor_signal_handlers()  # a crash ends the check, never hangs it
+        threads = jt.flags.use_parallel_op_compiler
+        report["kernel compiles"] = f"{threads} threads" if threads else "on the calling thread"
         if not os.path.isdir(data_root) or not os.listdir(data_root):  # as `make demo` does
             from jseg.data.demo import make_demo_data
             make_demo_data(data_root, **(dict(num_train=6, num_val=2, size=64) if quick else {}))

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["configure_jittor", "gpu_available", "no_gpu_reason", "onednn_source", "init_device", "cuda_toolkit",
-           "users_nvcc_path", "cuda_settings",
+           "users_nvcc_path", "cuda_settings", "replace_jittor_signal_handlers",
            "environment_report", "restore_openmp_defaults", "DNNL_ARCHIVE", "OPENMP_SPINCOUNT"]
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,36 @@ def restore_openmp_defaults():
     if _spincount_set_here:
         os.environ.pop("GOMP_SPINCOUNT", None)
         _spincount_set_here = False
+
+
+FATAL_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL")
+
+
+def replace_jittor_signal_handlers():
+    """After `import jittor`, for a long unattended run (tools/gpu_check.py): take back two
+    signal handlers that Jittor installs when it starts.
+
+    - A fatal signal in any thread dumps every thread's Python stack and ends the process.
+      Jittor's handler calls exit() on the faulting thread; when that is one of its kernel
+      compile threads (`use_parallel_op_compiler` > 0), exit's handlers join the compile
+      threads, the faulting one included, which holds its own mutex while it compiles: the
+      process never ends (gdb: `segfault_sigaction` -> `exit` -> `SimpleThreads::stop` ->
+      `pthread_mutex_lock`). A hang costs a GPU slot its time; a crash costs one task.
+    - A child process ended by a signal (other than SIGTERM) no longer ends this process:
+      Jittor's SIGCHLD handler takes it for an out-of-memory kill of its own workers and
+      quits at once, without a word from Python; a crash of, say, mmseg's child process
+      would end the whole check.
+    """
+    import faulthandler
+    import signal
+    libc = ctypes.CDLL(None)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    faulthandler.disable()  # enabled before Jittor replaced its handlers, it would not re-arm
+    for name in FATAL_SIGNALS:
+        libc.signal(int(getattr(signal, name)), None)  # SIG_DFL: the dump, then the default
+    faulthandler.enable(all_threads=True)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def init_device(device="auto"):
