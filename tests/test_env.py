@@ -182,9 +182,11 @@ def test_openblas_choice_follows_jseg_openblas():
 
 # A fatal signal in one of Jittor's kernel compile threads (use_parallel_op_compiler > 0):
 # the child below compiles three new kernels (new each run: nothing cached) in one sync,
-# and a watcher process sends SIGSEGV to the first thread other than the main one that has
-# a child (a compile thread running the compiler). Jittor's sync holds the GIL, so the
-# watcher cannot be a thread of the same process. The child runs behind `sh -c` under
+# and a watcher process sends SIGSEGV to compile thread C0 (the first thread created after
+# the watcher started) once it runs the compiler (has a child). Jittor's sync holds the
+# GIL, so the watcher cannot be a thread of the same process. (A fault in another compile
+# thread tends to end the process by luck: several threads then tear down the same thread
+# list at once; C0 hangs every time.) The child runs behind `sh -c` under
 # `timeout`: a child of this process ended by a signal would end pytest too, once it has
 # imported Jittor (its SIGCHLD handler, the second thing replace_jittor_signal_handlers
 # takes back).
@@ -199,24 +201,29 @@ if sys.argv[1] == "replace":
 tag = f"{os.getpid()}_{time.time_ns()}"
 outs = [jt.code([4], "float32", [], cpu_src=f"// {tag} {i}\nfor (int j = 0; j < 4; j++) "
                 f"@out(j) = {i};") for i in range(3)]
-watcher = subprocess.Popen([sys.executable, "-c", sys.argv[2], str(os.getpid())])
+watcher = subprocess.Popen([sys.executable, "-c", sys.argv[2], str(os.getpid())],
+                           stdout=subprocess.PIPE, text=True)
+assert watcher.stdout.readline().strip() == "ready"
 jt.sync(outs)
 print("compiled", flush=True)
 """
 _WATCHER = r"""
 import ctypes, os, signal, sys, time
 pid = int(sys.argv[1])
+before = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+print("ready", flush=True)
 end = time.time() + 60
 while time.time() < end:
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            children = open(f"/proc/{pid}/task/{tid}/children").read().split()
-        except OSError:
-            continue
-        if int(tid) != pid and children:
-            ctypes.CDLL(None).syscall(234, pid, int(tid), int(signal.SIGSEGV))  # tgkill
-            print(f"SIGSEGV sent to compile thread {tid}", file=sys.stderr, flush=True)
-            sys.exit(0)
+    new = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    new = [t for t in new if t not in before]  # compile threads, C0 first
+    try:
+        busy = new and open(f"/proc/{pid}/task/{new[0]}/children").read().split()
+    except OSError:
+        busy = False
+    if busy:
+        ctypes.CDLL(None).syscall(234, pid, new[0], int(signal.SIGSEGV))  # tgkill
+        print(f"SIGSEGV sent to compile thread {new[0]}", file=sys.stderr, flush=True)
+        sys.exit(0)
     time.sleep(0.02)
 """
 

@@ -141,3 +141,16 @@ def test_the_whole_command_without_a_gpu(tmp_path):
     assert {r["id"] for r in rows} == {"environment"} and len(rows) >= 8, rows
     table = (out / "table.txt").read_text()
     assert "CUDA toolkit" in table and "none: no NVIDIA driver" in table, table
+
+
+def test_the_rehearsal_on_python_312_offline(tmp_path):
+    """The whole host command on Python 3.12 with numpy 2, the real bundle and the network
+    cut: tools/gpu_rehearse.sh (3-4 minutes; builds the bundle and a venv from the registry
+    when missing). Opt in with JSEG_GPU_REHEARSAL=1."""
+    import pytest
+    if os.environ.get("JSEG_GPU_REHEARSAL") != "1":
+        pytest.skip("the rehearsal takes minutes and the package registry: set JSEG_GPU_REHEARSAL=1")
+    out = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_rehearse.sh"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "rehearsal passed" in out.stdout, out.stdout[-4000:]

@@ -91,7 +91,7 @@ def run_teed(command, env, log, path, timeout=None, cwd=ROOT):
     with open(path, "ab") as out:
         proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        killed = False
+        killed, ended = False, None
         os.set_blocking(proc.stdout.fileno(), False)
         while True:
             try:
@@ -103,8 +103,12 @@ def run_teed(command, env, log, path, timeout=None, cwd=ROOT):
                 out.write(data)
                 out.flush()
                 continue
-            if data == b"" and proc.poll() is not None:
-                break
+            if proc.poll() is not None:
+                ended = ended or time.monotonic()
+                # done at the end of the output, or soon after the exit when an orphan of
+                # it (a compiler, say) still holds the pipe open
+                if data == b"" or time.monotonic() - ended > 2:
+                    break
             if timeout is not None and time.monotonic() - start > timeout and not killed:
                 killed = True
                 log(f"gpu_run: {os.path.basename(path)}: {timeout:.0f} s are up; stopping it")
