@@ -60,6 +60,21 @@ def test_no_stand_in_where_jittor_finds_python_config_and_headers(tmp_path):
     assert env == {}, env
 
 
+def test_probe_takes_the_nvcc_beside_its_toolkit_over_a_wrapper(tmp_path, monkeypatch):
+    real = "/usr/local/cuda/bin/nvcc"
+    if not os.access(real, os.X_OK) or not os.path.isdir("/usr/local/cuda/lib64"):
+        import pytest
+        pytest.skip("no CUDA toolkit at /usr/local/cuda")
+    wrapper = tmp_path / "nvcc"
+    wrapper.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.delenv("nvcc_path", raising=False)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert gpu_run.find_nvcc() == real
+    nvcc, cudart = gpu_run._nvcc()
+    assert nvcc.startswith(real) and "release" in nvcc and "libcudart.so" in cudart, (nvcc, cudart)
+
+
 def test_install_puts_each_group_in_its_folder_once(tmp_path):
     folder, _ = _bundle(tmp_path)
     site = tmp_path / "site"

@@ -73,15 +73,14 @@ def main(argv=None):
         parser.error(f"--skip-done {args.skip_done}: no such file (the JSON lines of an "
                      "earlier run)")
 
+    from jseg.diagnostics import gpu_check as check
     from jseg.utils.env import no_gpu_reason
     if not args.quick:
         reason = no_gpu_reason()
         if reason:
             print(f"gpu_check: no GPU: {reason}; this check measures a GPU (--quick runs its "
                   "small CPU smoke run instead)", file=sys.stderr)
-            return 2
-
-    from jseg.diagnostics import gpu_check as check
+            return check.EXIT_NO_GPU
 
     done, earlier = check.read_done(args.skip_done)
     jsonl = args.jsonl or args.skip_done or DEFAULT_JSONL

@@ -169,20 +169,28 @@ def _driver():
 
 
 def find_nvcc():
-    """The nvcc Jittor would find: $nvcc_path, PATH, /usr/local/cuda/bin."""
-    for path in (os.environ.get("nvcc_path"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
-        if path and os.access(path, os.X_OK):
+    """The nvcc of $nvcc_path, PATH or /usr/local/cuda/bin, the first beside its toolkit's
+    lib64/ (a wrapper script elsewhere, e.g. /usr/local/bin/nvcc, is passed over as jseg's
+    toolkit choice passes it over), else the first that runs at all; None without one."""
+    found = [p for p in (os.environ.get("nvcc_path"), shutil.which("nvcc"),
+                         "/usr/local/cuda/bin/nvcc") if p and os.access(p, os.X_OK)]
+    for path in found:
+        if os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(path))),
+                                      "lib64")):
             return path
-    return None
+    return found[0] if found else None
 
 
 def _nvcc():
     nvcc = find_nvcc()
     if not nvcc:
         return "none found", "none"
-    release = _first_line([nvcc, "--version"])
-    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-    release = next((l.strip() for l in out.splitlines() if "release" in l), release)
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        out = f"does not run ({type(e).__name__})"
+    release = next((l.strip() for l in out.splitlines() if "release" in l), out.strip())
     root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
     cudart = sorted(glob.glob(os.path.join(root, "lib64", "libcudart.so*"))
                     + glob.glob(os.path.join(root, "targets", "*", "lib", "libcudart.so*")))
@@ -268,15 +276,13 @@ def write_facts(facts, path, log, title):
 # ---------------------------------------------------------------------------
 # Install and fill the gaps
 
-def _install_group(wheels, target, log):
-    """`pip install --no-index --no-deps --target`; without pip, the wheels are unzipped
-    (what pip does for these: no compiled parts to build, no scripts needed)."""
+def _install_group(wheels, target, log, has_pip):
+    """`pip install --no-index --no-deps --target`; without pip (`has_pip` False), the wheels
+    are unzipped (what pip does for these: no compiled parts to build, no scripts needed)."""
     tmp = target + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}  # the bundle only
-    has_pip = subprocess.run([sys.executable, "-m", "pip", "--version"],
-                             capture_output=True).returncode == 0
     if has_pip and wheels:
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                                "--disable-pip-version-check", "--no-compile", "--target", tmp,
@@ -301,10 +307,12 @@ def install(bundle, site, log):
         log(f"gpu_run: bundle already installed in {site}")
         return manifest
     os.makedirs(site, exist_ok=True)
+    has_pip = subprocess.run([sys.executable, "-m", "pip", "--version"],
+                             capture_output=True).returncode == 0
     for group in ("jittor", "mmseg"):
         wheels = [os.path.join(bundle, e["path"]) for e in manifest["files"] if e["group"] == group]
         t0 = time.monotonic()
-        _install_group(wheels, os.path.join(site, group), log)
+        _install_group(wheels, os.path.join(site, group), log, has_pip)
         log(f"gpu_run: installed {len(wheels)} wheels into {os.path.join(site, group)} "
             f"({time.monotonic() - t0:.1f} s)")
     with open(stamp, "w", encoding="utf-8") as f:

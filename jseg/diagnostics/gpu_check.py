@@ -264,7 +264,7 @@ class _MmsegWorker:
     says why there is none (not installed, switched off)."""
 
     def __init__(self, enabled, cuda, mmseg_path):
-        self.enabled, self.cuda, self.mmseg_path = enabled, cuda, mmseg_path
+        self.cuda, self.mmseg_path = cuda, mmseg_path
         self.worker, self.reason = None, None if enabled else "switched off (--no-mmseg)"
 
     def get(self):
@@ -292,7 +292,6 @@ class _MmsegWorker:
 def plan_tasks(jt, cuda, variants, size, steps, iters, data_root, small, tmp, mmseg):
     """The measuring tasks in priority order, after the environment (module docstring)."""
     speed = _Speed(jt, cuda, size, iters, mmseg)
-    precisions = (False, True) if cuda else (False,)
     tasks = []
 
     def jseg_row(v, mode, amp):
