@@ -66,7 +66,7 @@ def load_rgb(img):
     return arr
 
 
-def inference_model(model, imgs, return_probs=False, tta=False):
+def inference_model(model, imgs, return_probs=False, tta=False, seed=None):
     """Segment one image or a list of them with the config's test pipeline.
 
     imgs: a path, an (H, W, 3) uint8 RGB array, or a list of these.
@@ -75,7 +75,11 @@ def inference_model(model, imgs, return_probs=False, tta=False):
     views (probabilities averaged). Returns per image a dict {"pred": (H, W) int64 class
     ids at the original size} (+ "probs": (C, H, W) float32 with return_probs);
     a list for a list input.
+    seed: of the NMF bases (default: the config's seed, else 0). An image's bases come from
+        (seed, a digest of its pixels), as in run_net's evaluation, so an image gets the same
+        prediction here, there and in tools/demo.py.
     """
+    from .data.datasets import image_key
     from .data.loader import make_views
     from .data.transforms import build_test_pipeline, build_tta_pipelines
     from .engine.evaluator import predict_image
@@ -92,7 +96,8 @@ def inference_model(model, imgs, return_probs=False, tta=False):
     for img in ([imgs] if single else imgs):
         rgb = load_rgb(img)
         views = make_views({"img": rgb, "ori_shape": rgb.shape[:2]}, pipelines)
-        out = predict_image(model, views, return_probs=return_probs)
+        out = predict_image(model, views, return_probs=return_probs, key=image_key(rgb),
+                            seed=seed if seed is not None else (cfg.seed or 0))
         results.append({"pred": out[0], "probs": out[1]} if return_probs else {"pred": out})
     return results[0] if single else results
 

@@ -1,7 +1,8 @@
-"""Evaluation that does not depend on how it is run: the NMF bases of image i come from
-(seed, i[, window / view]) alone, so the per-class counts are bit-identical for 1 or 2
-processes, any loader worker count and any image order; several NMF seeds at once
-(backbone once, head per seed) give each seed's own result."""
+"""Evaluation that does not depend on how it is run: the NMF bases of an image come from
+(seed, a digest of its pixels[, window / view]) alone, so its prediction is bit-identical
+in any list, subset, order, process count and tool (run_net, inference_model,
+tools/demo.py); several NMF seeds at once (backbone once, head per seed) give each seed's
+own result."""
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from jseg.config import load_config
 from conftest import DEMO_CONFIG, ROOT, TINY_OVERRIDES as TINY
 
 RUN_NET = os.path.join(ROOT, "tools", "run_net.py")
+DEMO_TOOL = os.path.join(ROOT, "tools", "demo.py")
 MPIRUN = shutil.which("mpirun")
 
 
@@ -108,6 +110,74 @@ def test_bases_come_from_the_seed_and_the_image(setup):
     ham.bases_fn = None
 
 
+def _predictions(model, loader, seed=3):
+    """{image file name: prediction} of evaluate(labelled=False) over `loader`."""
+    from jseg.engine.evaluator import evaluate
+    preds = {}
+    evaluate(model, loader, 6, progress=False, labelled=False, seed=seed,
+             on_prediction=lambda item, pred: preds.__setitem__(
+                 os.path.basename(item["img_path"]), pred))
+    return preds
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide", "tta"])
+def test_an_image_gets_the_same_prediction_in_any_list_and_tool(setup, tmp_path, mode):
+    """The same image, weights and seed: one prediction whether it is evaluated in the whole
+    split, reversed, in a subset named by a split file, on a rank's shard, or alone through
+    inference_model (an RGB array). On 5688dd8 the bases came from the position in the
+    list, and the reversed split changed every prediction."""
+    import cv2
+    from jseg.apis import inference_model
+
+    cfg, model, _, root = setup
+    model.cfg = cfg  # what init_model gives inference_model
+    tta = mode == "tta"
+    if mode == "slide":  # 64x48 in 48x48 windows, stride 32: two windows per image
+        model.test_mode, model.crop_size, model.stride = "slide", (48, 48), (32, 32)
+    try:
+        everything = _predictions(model, _loader(cfg, tta=tta))
+        assert len(everything) == 6
+        backwards = _loader(cfg, tta=tta)
+        backwards.indices = backwards.indices[::-1]
+        reversed_preds = _predictions(model, backwards)
+        subset_file = tmp_path / "subset.txt"
+        names = sorted(everything)
+        subset_file.write_text("\n".join(os.path.splitext(n)[0] for n in names[:0:-2]) + "\n")
+        sub_cfg = load_config(DEMO_CONFIG, TINY + [f"data.data_root={root / 'data'}",
+                                                   f"data.val.split={subset_file}"])
+        subset = _predictions(model, _loader(sub_cfg, tta=tta))
+        shard = _predictions(model, _loader(cfg, tta=tta, rank=1, world_size=2))
+        assert len(subset) == 3 and len(shard) == 3
+        differs = 0
+        for name, pred in everything.items():
+            np.testing.assert_array_equal(reversed_preds[name], pred, err_msg=name)
+            for part in (subset, shard):
+                if name in part:
+                    np.testing.assert_array_equal(part[name], pred, err_msg=name)
+            path = os.path.join(root, "data", "images", "validation", name)
+            rgb = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+            alone = inference_model(model, rgb, tta=tta, seed=3)["pred"]
+            np.testing.assert_array_equal(alone, pred, err_msg=name)
+            other_seed = inference_model(model, rgb, tta=tta, seed=4)["pred"]
+            differs += int((other_seed != pred).any())
+        assert differs > 0, "no prediction changed with the seed: the bases did not reach the NMF"
+    finally:
+        model.test_mode, model.crop_size, model.stride = "whole", None, None
+
+
+def test_image_key_is_the_pixels():
+    from jseg.data.datasets import image_key
+    img = np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3)
+    key = image_key(img)
+    assert len(key) == 4 and all(0 <= k < 2 ** 32 for k in key)
+    assert image_key(img.copy()) == key
+    assert image_key(np.asfortranarray(img)) == key  # the pixels, not the memory layout
+    changed = img.copy()
+    changed[47, 63, 2] ^= 1
+    assert image_key(changed) != key
+    assert image_key(img.reshape(64, 48, 3)) != key  # same bytes, another shape
+
+
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_several_seeds_share_the_backbone(setup, mode):
     """evaluate_seeds(K seeds) == K evaluations, one per seed (the batched head may differ
@@ -177,3 +247,48 @@ def test_two_mpi_ranks_give_the_same_counts(setup, tmp_path):
     b = np.load(tmp_path / "two" / "confusion_matrix.npy")
     np.testing.assert_array_equal(a, b)
     assert one.stdout.strip().splitlines()[-1] == two.stdout.strip().splitlines()[-1]
+
+
+def _test_args(setup, work, save, *extra):
+    _, _, weights, root = setup
+    return ["--config-file", DEMO_CONFIG, "--task", "test", "--load-from", weights,
+            "--work-dir", str(work), "--save-dir", str(save), "--seed", "3",
+            f"data.data_root={root / 'data'}", *TINY, *extra]
+
+
+def _label_maps(folder):
+    import cv2
+    return {name: cv2.imread(os.path.join(folder, name), cv2.IMREAD_UNCHANGED)
+            for name in sorted(os.listdir(folder)) if name.endswith(".png")}
+
+
+def test_split_order_and_demo_tool_give_the_same_label_maps(setup, tmp_path):
+    """The report's case: --task test with a split file, then with the same file reversed,
+    then one image through tools/demo.py: the same label PNGs (on 5688dd8 all differed)."""
+    _, _, weights, root = setup
+    names = sorted(os.path.splitext(n)[0]
+                   for n in os.listdir(root / "data" / "images" / "validation"))
+    forward, backward = tmp_path / "forward.txt", tmp_path / "backward.txt"
+    forward.write_text("\n".join(names) + "\n")
+    backward.write_text("\n".join(names[::-1]) + "\n")
+    _run_net(*_test_args(setup, tmp_path / "w1", tmp_path / "p1", f"data.val.split={forward}"))
+    _run_net(*_test_args(setup, tmp_path / "w2", tmp_path / "p2", f"data.val.split={backward}"))
+    first, second = _label_maps(tmp_path / "p1"), _label_maps(tmp_path / "p2")
+    assert len(first) == 6 and first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+    one = names[3]
+    out = subprocess.run(
+        [sys.executable, DEMO_TOOL, str(root / "data" / "images" / "validation" / f"{one}.jpg"),
+         "--config-file", DEMO_CONFIG, "--checkpoint", weights, "--out-dir",
+         str(tmp_path / "demo"), "--seed", "3", "--cfg-options", *TINY],
+        capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    np.testing.assert_array_equal(_label_maps(tmp_path / "demo")[f"{one}.png"],
+                                  first[f"{one}.png"])
+    if MPIRUN is not None:  # 2 ranks, each its share of the list: the same maps again
+        _run_net(*_test_args(setup, tmp_path / "w3", tmp_path / "p3"), mpi=True)
+        third = _label_maps(tmp_path / "p3")
+        for name in first:
+            np.testing.assert_array_equal(third[name], first[name], err_msg=name)

@@ -126,7 +126,8 @@ def test_no_confusion_matrix_when_switched_off(tmp_path):
     logits = [rng.normal(size=(6, 8, 8)).astype(np.float32)]
     meta = {"img_shape": (8, 8), "ori_shape": (8, 8), "flip": False}
     loader = [{"views": [{"img": np.zeros((1, 3, 8, 8), np.float32), "meta": meta}],
-               "seg": rng.integers(0, 6, size=(8, 8)), "img_path": "x.jpg", "index": 0}]
+               "seg": rng.integers(0, 6, size=(8, 8)), "img_path": "x.jpg", "index": 0,
+               "key": (0, 0, 0, 0)}]
     for switch in ("false", "true"):
         cfg = load_config(DEMO_CONFIG, [f"work_dir={tmp_path / switch}",
                                         f"evaluation.confusion_matrix={switch}"])

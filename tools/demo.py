@@ -173,7 +173,9 @@ def main(argv=None):
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--tta", action="store_true", help="multi-scale + flip")
-    p.add_argument("--seed", type=int, default=0, help="seed of the NMF bases (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the NMF bases (default: the config's seed, else 0); an image's "
+                        "bases come from (seed, its pixels), as in run_net")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. model.test_cfg.mode=slide")
     video = p.add_argument_group("video and camera input")
@@ -233,15 +235,13 @@ def segment_images(args):
     except (ConfigError, CheckpointError, WeightsMismatchError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    import jittor as jt
-    jt.set_global_seed(args.seed)
     settings = dataset_settings(model.cfg.data)
     failed = 0
     for path in tqdm(files, desc="demo", unit="img", disable=len(files) == 1):
         stem = os.path.splitext(os.path.basename(path))[0]
         start = time.time()
         try:
-            result = inference_model(model, path, tta=args.tta)
+            result = inference_model(model, path, tta=args.tta, seed=args.seed)
         except (DataError, ValueError) as e:
             failed += 1
             tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
@@ -339,12 +339,10 @@ def run_frames(model, args, cap, frame, count, fps, fourcc, temp, camera, show):
     import cv2
     import numpy as np
     from tqdm import tqdm
-    import jittor as jt
     from jseg.apis import inference_model, show_result
     from jseg.data.datasets import dataset_settings
 
     settings = dataset_settings(model.cfg.data)
-    jt.set_global_seed(args.seed)
     height, width = frame.shape[:2]
     writer = None
     if temp is not None:
@@ -361,7 +359,7 @@ def run_frames(model, args, cap, frame, count, fps, fourcc, temp, camera, show):
     try:
         while True:
             rgb = np.ascontiguousarray(frame[:, :, ::-1])  # OpenCV frames are BGR
-            result = inference_model(model, rgb, tta=args.tta)
+            result = inference_model(model, rgb, tta=args.tta, seed=args.seed)
             drawn = show_result(rgb, result, settings["palette"], settings["classes"],
                                 args.opacity, legend=False)
             bgr = np.ascontiguousarray(drawn[:, :, ::-1])

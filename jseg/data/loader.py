@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from .datasets import DataError, build_dataset
+from .datasets import DataError, build_dataset, image_key
 from .transforms import build_test_pipeline, build_train_pipeline, build_tta_pipelines
 
 __all__ = ["get_dist_info", "random_seed", "sample_rng", "epoch_permutation", "TrainLoader", "ValLoader",
@@ -125,7 +125,7 @@ def _val_sample(dataset, pipelines, index):
     return {"img": views[0]["img"], "meta": views[0]["meta"], "views": views,
             "seg": None if seg is None else seg.astype(np.int32),
             "ori_shape": sample["ori_shape"], "img_path": sample["img_path"],
-            "seg_path": sample["seg_path"], "index": index}
+            "seg_path": sample["seg_path"], "index": index, "key": image_key(sample["img"])}
 
 
 def _val_task(index):
@@ -304,7 +304,8 @@ class ValLoader:
     Each item: img (1, 3, h, w) float32 and meta {ori_shape, img_shape, pad_shape,
     scale_factor, flip} of the first view; views (one {img, meta} per test pipeline,
     several for multi-scale + flip); seg (H, W) int32 original labels (None without
-    labels); ori_shape, img_path, seg_path, index. With world_size W, rank r takes
+    labels); ori_shape, img_path, seg_path, index; key (`image_key` of the decoded image,
+    which chooses its NMF bases). With world_size W, rank r takes
     indices r, r + W, r + 2W, ...
     """
 

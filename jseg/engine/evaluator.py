@@ -49,12 +49,22 @@ class EvaluationError(ValueError):
 _CHUNK_ELEMENTS = 2 ** 24  # restored scores per chunk (64 MB in float32)
 
 
-def predict_image(model, views, return_probs=False):
+def predict_image(model, views, return_probs=False, key=None, seed=0):
     """Prediction (H, W) int64 at the original size for one loader item's `views`.
 
     With return_probs, also the (C, H, W) float32 class probabilities.
+    key: the image's `image_key`: its NMF bases come from (seed, key) (`ImageBases`); None
+        leaves the model's own bases (`bases_fn`, else Jittor's RNG).
     """
-    return predict_draws(model, views, return_probs)[0]
+    if key is None:
+        return predict_draws(model, views, return_probs)[0]
+    ham = model.decode_head.hamburger.ham
+    saved = ham.bases_fn
+    ham.bases_fn = ImageBases(seed, key)
+    try:
+        return predict_draws(model, views, return_probs)[0]
+    finally:
+        ham.bases_fn = saved
 
 
 def predict_draws(model, views, return_probs=False):
@@ -136,8 +146,8 @@ def evaluate(model, loader, num_classes, ignore_index=255, on_prediction=None, p
     rank evaluates its share of the loader and the confusion matrices are summed.
     labelled=False (a split without label maps, e.g. a benchmark's test images): only
     predictions, and (None, seconds) is returned.
-    seed: the NMF bases of image i come from (seed, i) alone (`ImageBases`), so the result
-    is the same for any number of processes, loader workers and image order.
+    seed: the NMF bases of an image come from (seed, its pixels) alone (`ImageBases`), so
+    its prediction is the same in any split, subset, order, process or loader worker count.
     """
     accs, seconds = _evaluate_draws(model, loader, num_classes, ignore_index, [seed],
                                     on_prediction, progress, labelled)
@@ -164,7 +174,7 @@ def _evaluate_draws(model, loader, num_classes, ignore_index, seeds, on_predicti
     start = time.time()
     try:
         for item in tqdm(loader, desc="eval", unit="img", disable=not progress, leave=False):
-            ham.bases_fn = ImageBases(seeds, item["index"])
+            ham.bases_fn = ImageBases(seeds, item["key"])
             preds = predict_draws(model, item["views"])
             if labelled:
                 if item["seg"] is None:
@@ -320,8 +330,9 @@ def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, se
     save_dir: also write label maps and overlays there (prediction_writer). The confusion
         matrix of a labelled split goes to cfg.work_dir (see run_evaluation), never there.
     metrics: the split must have labels (False: predictions of an unlabelled split too).
-    seed: of the NMF bases (default cfg.seed, else 0): image i's bases come from (seed, i),
-        so the same seed gives the same numbers for any process count and image order.
+    seed: of the NMF bases (default cfg.seed, else 0): an image's bases come from (seed, a
+        digest of its pixels), so the same seed gives the same prediction of an image in
+        any list, order and process count.
     nmf_seeds: K > 1 evaluates with the seeds seed .. seed + K - 1 at once and returns the
         spread (run_seed_spread) instead of one result; needs labels, no save_dir.
     Returns (result or None without labels, number of images).

@@ -43,26 +43,30 @@ def seeded_bases(shape, seed: int = 0, index=0):
 
 
 class ImageBases:
-    """An NMF2D `bases_fn` whose bases depend only on (seed, image, call): the k-th head
-    forward for image `image` gets seeded_bases(..., seed, (image, k)), whatever ran before,
-    in which process or in which order. So an evaluation gives the same areas for any
-    number of MPI ranks, loader workers and image order (slide windows and TTA views are
-    the calls k = 0, 1, ... of their image, always in the same order).
+    """An NMF2D `bases_fn` whose bases depend only on (seed, image key, call): the k-th head
+    forward for an image gets seeded_bases(..., seed, (*key, k)), whatever ran before, in
+    which process, list or order. The key is a digest of the image's decoded pixels
+    (jseg.data.datasets.image_key), so the same image gets the same bases and the same
+    prediction in any split, subset, order, MPI rank count, and through inference_model or
+    tools/demo.py (slide windows and TTA views are the calls k = 0, 1, ... of their image,
+    always in the same order). Training does not use it: its bases come from Jittor's RNG,
+    seeded by (seed, iteration).
 
     seeds: one seed, or K seeds for a forward on K draws (EncoderDecoder.nmf_draws = K): a
     batch of K*B is draw-major, draw j's B images get the bases of seeds[j].
+    key: an int or a tuple of ints (an `image_key`).
     """
 
-    def __init__(self, seeds, image: int):
+    def __init__(self, seeds, key):
         self.seeds = [int(s) for s in (seeds if isinstance(seeds, (list, tuple)) else [seeds])]
-        self.image = int(image)
+        self.key = tuple(int(k) for k in key) if isinstance(key, (tuple, list)) else (int(key),)
         self.calls = 0
 
     def __call__(self, B: int, S: int, D: int, R: int):
         K = len(self.seeds)
         if B % K:
             raise ValueError(f"a batch of {B} cannot hold {K} NMF draws of equal size")
-        draws = [seeded_bases((B // K * S, D, R), seed, (self.image, self.calls))
+        draws = [seeded_bases((B // K * S, D, R), seed, (*self.key, self.calls))
                  for seed in self.seeds]
         self.calls += 1
         return jt.array(np.concatenate(draws, axis=0))  # (K * B/K * S, D, R), draw-major
