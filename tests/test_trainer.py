@@ -126,11 +126,70 @@ def test_training_and_val_with_the_cpu_kernels_off(demo_root, straight_run, tmp_
     assert abs(a["mIoU"] - b["mIoU"]) <= 0.1 and abs(a["aAcc"] - b["aAcc"]) <= 0.1, (a, b)
 
 
+def test_resume_refuses_a_changed_config_unless_accepted(demo_root, tmp_path):
+    """--resume with another lr / weight decay / batch / crop / drop path: one error line
+    listing each key old -> new, nothing written. Accepted with --resume-changed: the new
+    lr is used from the next iteration, the change is logged, and the earlier config.yaml
+    is kept as config.iter_00000002.yaml. (On 5688dd8 every change was taken silently.)"""
+    run_net(*train_args(demo_root, tmp_path, 2))
+    config_before = (tmp_path / "config.yaml").read_text()
+    changed = ["optimizer.lr=5e-3", "optimizer.weight_decay=0.5", "data.batch_size=4",
+               "data.crop_size=[32,32]", "model.backbone.drop_path_rate=0.3"]
+    out = run_net(*train_args(demo_root, tmp_path, 4, *changed), "--resume", "auto", expect=1)
+    lines = out.stderr.strip().splitlines()
+    assert len([l for l in lines if l.startswith("error:")]) == 1, out.stderr[-2000:]
+    last = lines[-1]
+    assert last.startswith("error: ") and "trained with another config" in last, last
+    for needle in ("optimizer.lr: 0.001 -> 0.005", "optimizer.weight_decay: 0.01 -> 0.5",
+                   "data.batch_size: 2 -> 4", "data.crop_size: [48, 48] -> [32, 32]",
+                   "model.backbone.drop_path_rate: 0.1 -> 0.3",
+                   "--resume-changed model.backbone.drop_path_rate,data.batch_size,"
+                   "data.crop_size,optimizer.lr,optimizer.weight_decay"):
+        assert needle in last, (needle, last)
+    assert (tmp_path / "config.yaml").read_text() == config_before
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["iter_00000002.pkl"]
+
+    # free keys (run length, intervals) pass; an accepted change is logged and kept apart
+    out = run_net(*train_args(demo_root, tmp_path, 3, "optimizer.lr=5e-3",
+                              "train.log_interval=3"), "--resume", "auto",
+                  "--resume-changed", "optimizer.lr")
+    assert "resume: optimizer.lr changed 0.001 -> 0.005" in out.stderr, out.stderr[-2000:]
+    assert "resume: train.max_iters changed 2 -> 3" in out.stderr
+    assert (tmp_path / "config.iter_00000002.yaml").read_text() == config_before
+    assert load_config(tmp_path / "config.yaml").optimizer.lr == 5e-3
+    assert load_config(tmp_path / "config.iter_00000002.yaml").optimizer.lr == 1e-3
+    third = [r for r in train_records(tmp_path) if r["iter"] == 3][-1]
+    assert third["lr"] > 1e-3, third  # 5e-3 * (1 - 2/3) after warm-up (1e-3: 3.3e-4)
+
+
+def test_resume_config_check_keys_and_seed():
+    """check_resume_config in-process: free keys, sections named in `allowed`, and a seed
+    other than the run's own."""
+    from jseg.config import config_to_yaml
+    from jseg.engine.resume import ResumeConfigError, check_resume_config
+
+    old = load_config(DEMO_CONFIG, TINY)
+    ckpt = {"meta": {"config": config_to_yaml(old), "seed": 7}}
+    free = load_config(DEMO_CONFIG, TINY + ["train.max_iters=9", "train.eval_interval=3",
+                                            "model.test_cfg.tta_flip=false", "work_dir=/elsewhere",
+                                            "data.val.img_dir=x"])
+    assert {k for k, _, _ in check_resume_config(ckpt, free, "c.pkl")} == {
+        "train.max_iters", "train.eval_interval", "model.test_cfg.tta_flip", "work_dir",
+        "data.val.img_dir"}
+    assert check_resume_config(ckpt, old, "c.pkl", seed=7) == []
+    with pytest.raises(ResumeConfigError, match=r"\(seed: 7 -> 8\).*--resume-changed seed$"):
+        check_resume_config(ckpt, old, "c.pkl", seed=8)
+    loss = load_config(DEMO_CONFIG, TINY + ["optimizer.betas=[0.8,0.9]", "scheduler.power=2.0"])
+    with pytest.raises(ResumeConfigError, match="optimizer.betas: .0.9, 0.999. -> .0.8, 0.9."):
+        check_resume_config(ckpt, loss, "c.pkl")
+    assert len(check_resume_config(ckpt, loss, "c.pkl", allowed=["optimizer", "scheduler"])) == 2
+
+
 def test_nan_loss_stops_with_the_iteration_and_keeps_checkpoints(demo_root, tmp_path):
     run_net(*train_args(demo_root, tmp_path, 2))
     before = open(os.path.join(tmp_path, "checkpoints", "iter_00000002.pkl"), "rb").read()
     out = run_net(*train_args(demo_root, tmp_path, 4, "optimizer.lr=1e30"), "--resume", "auto",
-                  expect=1)
+                  "--resume-changed", "optimizer.lr", expect=1)
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the loss is") and "at iteration" in last, last
     after = open(os.path.join(tmp_path, "checkpoints", "iter_00000002.pkl"), "rb").read()

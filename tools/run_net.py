@@ -41,6 +41,9 @@ def parse_args(argv=None):
     parser.add_argument("--task", required=True, choices=("train", "val", "test"))
     parser.add_argument("--resume", metavar="CKPT|auto",
                         help="train: continue this checkpoint (auto: the newest in the work dir)")
+    parser.add_argument("--resume-changed", metavar="KEY[,KEY]", default="",
+                        help="train with --resume: accept these config keys (or sections, "
+                             "e.g. optimizer) differing from the checkpoint's config")
     parser.add_argument("--load-from", metavar="WEIGHTS",
                         help="weights to start from (train) or to evaluate (val / test)")
     parser.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
@@ -99,7 +102,8 @@ def run(args):
         if not os.access(cfg.work_dir, os.W_OK):
             raise PermissionError(f"work dir {cfg.work_dir} is not writable; pass --work-dir")
         train(cfg, resume=args.resume, load_from=args.load_from, seed=args.seed,
-              progress=not args.no_progress)
+              progress=not args.no_progress,
+              resume_changed=[k.strip() for k in args.resume_changed.split(",") if k.strip()])
         logger.info("done; checkpoints, logs and metrics are in %s", cfg.work_dir)
         return 0
 

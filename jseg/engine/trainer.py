@@ -47,6 +47,7 @@ from jseg.models import build_model
 
 from .amp import DynamicLossScaler, amp_scope
 from .evaluator import run_evaluation
+from .resume import ResumeConfigError, check_resume_config, keep_earlier_config
 from .optim import LrSchedule, build_optimizer, clip_grad_norm, initial_lrs, set_lr
 from .tensorboard import INSTALL_HINT as TENSORBOARD_HINT, SampleCollector, TensorBoardLog
 from .workdir import CheckpointKeeper, WorkDir
@@ -287,16 +288,16 @@ class _Start:
     scaler: object
     loader: object
     keeper: object  # CheckpointKeeper on rank 0, None elsewhere
+    resumed_config: object = None  # the resumed checkpoint's config (YAML text)
 
 
 def _resolve_seed(seed, cfg, checkpoint, world):
-    """The run's seed, decided once: a resumed run's own, else `seed`, else cfg.seed, else a
-    random one (rank 0's under MPI), logged so that the run can be repeated."""
+    """The run's seed, decided once: a resumed run's own (unless a change of it was
+    accepted, see check_resume_config), else `seed`, else cfg.seed, else a random one (rank
+    0's under MPI), logged so that the run can be repeated."""
     if checkpoint is not None:
-        saved = checkpoint["meta"]["seed"]
-        if seed is not None and seed != saved:
-            logger.warning("seed %d ignored: resuming the run seeded %d", seed, saved)
-        return saved
+        asked = seed if seed is not None else cfg.seed
+        return asked if asked is not None else checkpoint["meta"]["seed"]
     if seed is None:
         seed = cfg.seed
     if seed is None:
@@ -317,7 +318,7 @@ def _lineage(resume, ckpt, work):
     return names
 
 
-def _prepare(cfg, model, work, resume, load_from, seed, is_main, world):
+def _prepare(cfg, model, work, resume, load_from, seed, is_main, world, resume_changed=()):
     """Check and load everything the run needs; writes nothing (see the module docstring).
 
     Builds the model (initialised from the run's seed, the same on every rank) unless one
@@ -331,6 +332,11 @@ def _prepare(cfg, model, work, resume, load_from, seed, is_main, world):
         if resume == "auto":
             resume = work.newest_checkpoint()
         state, checkpoint = read_training_checkpoint(resume)
+        try:
+            check_resume_config(checkpoint, cfg, resume, resume_changed,
+                                seed if seed is not None else cfg.seed)
+        except ResumeConfigError as e:
+            raise TrainingError(str(e)) from None
     seed = _resolve_seed(seed, cfg, checkpoint, world)
     if model is None:
         jt.set_global_seed(seed, different_seed_for_mpi=False)  # weight init, alike on every rank
@@ -383,10 +389,12 @@ def _prepare(cfg, model, work, resume, load_from, seed, is_main, world):
         else None
     run_id = checkpoint["meta"].get("run_id") if checkpoint is not None else None
     return _Start(model, start_iter, seed, run_id or uuid.uuid4().hex, optimizer, schedule,
-                  scaler, loader, keeper)
+                  scaler, loader, keeper,
+                  checkpoint["meta"].get("config") if checkpoint is not None else None)
 
 
-def train(cfg, model=None, *, resume=None, load_from=None, seed=None, progress=True):
+def train(cfg, model=None, *, resume=None, load_from=None, seed=None, progress=True,
+          resume_changed=()):
     """Train the model of `cfg` (or `model`, built by the caller); returns the last
     evaluation result (or None).
 
@@ -394,6 +402,9 @@ def train(cfg, model=None, *, resume=None, load_from=None, seed=None, progress=T
     load_from: weights to start from (strict), e.g. a converted segmentor checkpoint.
     seed: overrides cfg.seed; None and None draws one (logged and checkpointed). The model
         is initialised from it.
+    resume_changed: config keys (or sections) allowed to differ from the resumed
+        checkpoint's config beyond the free ones (jseg.engine.resume); each change is logged
+        and the earlier config.yaml is kept as config.iter_<N>.yaml.
     Raises TrainingError, WorkDirError (jseg.engine.workdir), CheckpointError,
     WeightsMismatchError, DataError or OSError with a message for the user.
     """
@@ -407,9 +418,12 @@ def train(cfg, model=None, *, resume=None, load_from=None, seed=None, progress=T
         with work if is_main else contextlib.nullcontext():  # rank 0: one training per folder
             if is_main:
                 work.remove_stale_temp_files()
-            start = _prepare(cfg, model, work, resume, load_from, seed, is_main, world)
+            start = _prepare(cfg, model, work, resume, load_from, seed, is_main, world,
+                             resume_changed)
             if is_main:  # the start is sound: from here on the run writes
                 os.makedirs(work.ckpt_dir, exist_ok=True)
+                keep_earlier_config(work.path, start.resumed_config, start.start_iter,
+                                    config_to_yaml(cfg))
                 dump_config(cfg, os.path.join(work.path, "config.yaml"))
             run_log.open(work.path)
             if is_main and cfg.train.tensorboard:
