@@ -296,28 +296,80 @@ def test_cityscapes_label_ids_for_the_evaluation_server(demo_root, tmp_path):
     assert os.path.exists(tmp_path / "overlay" / "demo_00000.jpg")
 
 
-def test_ctrl_c_leaves_a_resumable_state(demo_root, tmp_path):
-    """SIGINT during training: exit 130, no half-written file, --resume auto continues."""
-    import signal
+# lr independent of train.max_iters after the warm-up (poly power 0), so that a run stopped
+# by a signal can be resumed with a short max_iters and equal a straight run of that length
+CONSTANT_LR = ["scheduler.power=0.0", "train.checkpoint_interval=1000", "train.eval_interval=0"]
+
+
+def _wait_for_iteration(proc, work_dir, iteration, timeout=600):
     import time
-    cmd = [sys.executable, RUN_NET, "--no-progress",
-           *train_args(demo_root, tmp_path, 400, "train.checkpoint_interval=1")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt_dir = tmp_path / "checkpoints"
-    deadline = time.time() + 600
+    deadline = time.time() + timeout
+    path = os.path.join(work_dir, "metrics.jsonl")
     while time.time() < deadline and proc.poll() is None:
-        if ckpt_dir.is_dir() and any(n.endswith(".pkl") for n in os.listdir(ckpt_dir)):
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGINT)
+        if os.path.exists(path) and any(r["iter"] >= iteration for r in train_records(work_dir)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"training did not reach iteration {iteration}: "
+                         f"{proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_with_a_checkpoint_and_resume_equals_a_straight_run(
+        demo_root, tmp_path, signame):
+    """SIGTERM (a scheduler's preemption) or SIGINT mid-run: the step finishes, a checkpoint
+    of it is written, one log line names it and how to resume, exit 143 / 130. --resume auto
+    then gives the losses and weights of an uninterrupted run, bit for bit. (On 5688dd8
+    SIGTERM ended the run at once, exit 143, no checkpoint.)"""
+    import signal
+    signum = getattr(signal, signame)
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, RUN_NET, "--no-progress",
+                             *train_args(demo_root, stopped, 400, *CONSTANT_LR)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_iteration(proc, stopped, 2)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, (proc.returncode, err[-2000:])
-    names = os.listdir(ckpt_dir)
-    assert names and all(n.startswith("iter_") and n.endswith(".pkl") for n in names), names
-    last = max(int(n[5:13]) for n in names)
-    run_net(*train_args(demo_root, tmp_path, last + 1), "--resume", "auto")
-    assert any(n == f"iter_{last + 1:08d}.pkl" for n in os.listdir(ckpt_dir))
+    assert proc.returncode == 128 + signum, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "error:" not in err, err[-2000:]
+    names = os.listdir(stopped / "checkpoints")
+    assert len(names) == 1, names
+    k = int(names[0][5:13])
+    assert k >= 2 and max(r["iter"] for r in train_records(stopped)) == k
+    line = [l for l in err.splitlines() if f"stopped by {signame} after iteration {k}" in l]
+    assert len(line) == 1 and names[0] in line[0] and "--resume auto" in line[0], err[-2000:]
+
+    run_net(*train_args(demo_root, stopped, k + 2, *CONSTANT_LR), "--resume", "auto")
+    straight = tmp_path / "straight"
+    run_net(*train_args(demo_root, straight, k + 2, *CONSTANT_LR))
+    a = {r["iter"]: r["loss"] for r in train_records(straight)}
+    b = {r["iter"]: r["loss"] for r in train_records(stopped)}
+    assert a == b, (a, b)
+    last = f"iter_{k + 2:08d}.pkl"
+    wa, ca = read_checkpoint(os.path.join(straight, "checkpoints", last), full=True)
+    wb, cb = read_checkpoint(os.path.join(stopped, "checkpoints", last), full=True)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+    for key in ca["optimizer"]["v"]:
+        np.testing.assert_array_equal(ca["optimizer"]["v"][key], cb["optimizer"]["v"][key])
+
+
+def test_a_second_signal_stops_at_once():
+    """The first SIGTERM only asks the loop to stop; a second one ends the process by the
+    signal (exit -15 here, 143 in a shell), with one line saying so."""
+    code = ("import os, signal\n"
+            "from jseg.engine.trainer import _StopSignals\n"
+            "with _StopSignals() as stop:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    assert stop.requested(1) == signal.SIGTERM\n"
+            "    print('first signal noted', flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    print('still running')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == -15, (out.returncode, out.stderr[-2000:])
+    assert out.stdout == "first signal noted\n"
+    assert "SIGTERM again: stopping now, without a checkpoint" in out.stderr
 
 
 def _backbone_pair():
@@ -431,3 +483,43 @@ def test_unlabelled_split_predicts_without_metrics(demo_root, straight_run, tmp_
     with open(tmp_path / "train" / "metrics.jsonl") as f:
         modes = [json.loads(line)["mode"] for line in f]
     assert modes == ["train", "train"], modes
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed (Debian: apt-get install "
+                                           "openmpi-bin libopenmpi-dev)")
+def test_a_signal_to_one_mpi_rank_stops_every_rank_at_the_same_iteration(demo_root, tmp_path):
+    """SIGTERM to one rank only: the ranks agree on the stop after the same step, rank 0
+    writes that iteration's checkpoint, every rank exits 143."""
+    import signal
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    proc = subprocess.Popen([MPIRUN, "-np", "2", "--oversubscribe", sys.executable, RUN_NET,
+                             "--no-progress", *train_args(demo_root, tmp_path, 400, *CONSTANT_LR)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_iteration(proc, tmp_path, 2)
+    ranks = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_rank_of(int(p), proc.pid)]
+    assert len(ranks) == 2, ranks
+    os.kill(max(ranks), signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(proc.communicate()[1][-5000:]) from None
+    assert proc.returncode != 0, err[-2000:]
+    names = os.listdir(tmp_path / "checkpoints")
+    assert len(names) == 1, names
+    k = int(names[0][5:13])
+    assert max(r["iter"] for r in train_records(tmp_path)) == k
+    assert f"stopped by SIGTERM after iteration {k}" in err, err[-3000:]
+
+
+def _is_rank_of(pid, launcher):
+    """Is process `pid` a run_net.py that process `launcher` (mpirun) started?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        with open(f"/proc/{pid}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return False
+    return parent == launcher and RUN_NET.encode() in cmdline

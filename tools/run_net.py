@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402
 from jseg.config import ConfigError, load_config  # noqa: E402  (jseg configures Jittor)
 
 logger = logging.getLogger("jseg")
@@ -81,14 +81,8 @@ def run(args):
         raise ConfigError(f"--task {args.task} needs weights: pass --load-from WEIGHTS (or "
                           "--resume auto for the newest checkpoint of the work dir)")
 
-    import signal
-
-    import jittor as jt
-    from jseg.utils.env import init_device
-
-    # Jittor installs a SIGINT handler that exits at once; Python's own turns Ctrl-C into
-    # KeyboardInterrupt, so a run stops between steps (checkpoints are written atomically).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    import jittor as jt  # jseg keeps Python's Ctrl-C (KeyboardInterrupt): a run stops
+    from jseg.utils.env import init_device  # between steps, checkpoints are written atomically
 
     setup_logging(jt.rank if jt.in_mpi else 0)
     try:
@@ -133,7 +127,7 @@ def main(argv=None):
     from jseg.checkpoint import CheckpointError, WeightsMismatchError
     from jseg.data.datasets import DataError
     from jseg.engine.evaluator import EvaluationError
-    from jseg.engine.trainer import TrainingError
+    from jseg.engine.trainer import TrainingError, TrainingStopped
     from jseg.engine.workdir import WorkDirError
 
     try:
@@ -142,10 +136,9 @@ def main(argv=None):
             EvaluationError, WorkDirError, OSError) as e:  # OSError: e.g. a full disk
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except TrainingStopped as e:  # logged; exit as a process ended by the signal reports
+        return 128 + e.signum
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -70,7 +70,12 @@ _WORKER = {}
 
 
 def _init_worker(dataset, pipeline, on_bad_sample):
+    import signal
+
     import cv2
+    # Ctrl-C in a terminal reaches the whole process group: the main process decides (the
+    # trainer stops after its step), the workers go on until it closes the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)  # the workers are the parallelism
     _WORKER.update(dataset=dataset, pipeline=pipeline, on_bad_sample=on_bad_sample)
 

@@ -15,7 +15,10 @@ A user's work is never lost or poisoned:
 - a checkpoint is written only when every weight and AdamW moment is finite, so the
   checkpoint a NaN stop names is one that can be resumed;
 - checkpoints are written atomically, and a failed write says which file and that the
-  earlier ones are intact.
+  earlier ones are intact;
+- SIGTERM (what SLURM and Kubernetes send before a kill) or SIGINT finishes the current
+  step, writes a checkpoint, logs how to resume and stops (`TrainingStopped`); all MPI
+  ranks stop at the same iteration. A second signal ends the process at once.
 
 Rank-0-only work (the lock, logs, checkpoints, the resolved config) is marked as such.
 """
@@ -29,7 +32,9 @@ import math
 import os
 import re
 import resource
+import signal
 import statistics
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,7 +57,7 @@ from .optim import LrSchedule, build_optimizer, clip_grad_norm, initial_lrs, set
 from .tensorboard import INSTALL_HINT as TENSORBOARD_HINT, SampleCollector, TensorBoardLog
 from .workdir import CheckpointKeeper, WorkDir
 
-__all__ = ["TrainingError", "train", "iteration_seed"]
+__all__ = ["TrainingError", "TrainingStopped", "train", "iteration_seed"]
 
 logger = logging.getLogger("jseg")
 
@@ -61,6 +66,55 @@ HEARTBEAT_SECONDS = 30  # a progress line at least this often, whatever log_inte
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a NaN loss, an incompatible resume); the message says why."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after writing a checkpoint; `signum` is the signal."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopSignals:
+    """While training: SIGTERM / SIGINT ask the loop to stop after the current step (the
+    first one only sets a flag); a second one ends the process at once, by the signal."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None
+        self.saved = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            for s in self.SIGNALS:  # restart system calls (SA_RESTART): Jittor's C++ and
+                signal.siginterrupt(s, False)  # MPI code fail on EINTR
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            os.write(2, f"\n{name} again: stopping now, without a checkpoint\n".encode())
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        os.write(2, f"\n{name} received: the run stops after this step with a checkpoint "
+                    f"(send it again to stop at once)\n".encode())
+
+    def requested(self, world):
+        """The signal that asks to stop (0: none); under MPI any rank's, agreed by all."""
+        if world == 1:
+            return self.signum or 0
+        got = np.array([self.signum == s for s in self.SIGNALS], np.int32)
+        got = jt.array(got).mpi_all_reduce("add").numpy()  # Jittor's MPI sums (no max)
+        return next((int(s) for s, n in zip(self.SIGNALS, got) if n), 0)
 
 
 def iteration_seed(seed, iteration, rank=0):
@@ -528,47 +582,69 @@ def _train(cfg, model, s, run_log, progress, rank, world, is_main):
     val_loader = last_eval = None
     model.train()
     try:
-        batches = s.loader.iter_from(s.start_iter, max_iters - s.start_iter)
-        for it in range(s.start_iter, max_iters):
-            t0 = time.time()
-            batch = next(batches)
-            data_time = time.time() - t0
-            lrs = s.schedule.values(it)  # [base lr, each param group's]
-            set_lr(s.optimizer, lrs[1:])
-            jt.set_seed(iteration_seed(s.seed, it, rank))
-            losses, loss_value = _step(model, s.optimizer, s.scaler, batch,
-                                       cfg.optimizer.grad_clip, world)
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"the loss is {loss_value} at iteration {it + 1}; stopping. Checkpoints "
-                    f"are written only with finite weights and {_last_good(s.keeper)}: lower "
-                    "optimizer.lr, set optimizer.grad_clip, or check the data, then resume "
-                    "from it")
-            done = it + 1
-            meter.update(done, loss_value, losses, lrs[0], data_time,
-                         None if s.scaler is None else s.scaler.scale)
-            if is_main and (done % train_cfg.checkpoint_interval == 0 or done == max_iters):
-                _save(cfg, model, s, done)
-            interval = train_cfg.eval_interval
-            if evaluate_at_all and ((interval > 0 and done % interval == 0) or done == max_iters):
-                if val_loader is None:
-                    val_loader = build_val_loader(cfg, rank=rank, world_size=world)
-                samples = None
-                if run_log.tensorboard is not None and train_cfg.tensorboard_samples:
-                    samples = SampleCollector(train_cfg.tensorboard_samples)
-                last_eval = run_evaluation(cfg, model, val_loader, run_log, done, progress,
-                                           on_prediction=samples, seed=s.seed)
-                if samples is not None:
-                    run_log.tensorboard.samples(samples.items,
-                                                dataset_settings(cfg.data)["palette"], done)
-                model.train()
-                meter.paused()
+        with _StopSignals() as stop:
+            batches = s.loader.iter_from(s.start_iter, max_iters - s.start_iter)
+            for it in range(s.start_iter, max_iters):
+                t0 = time.time()
+                batch = next(batches)
+                data_time = time.time() - t0
+                lrs = s.schedule.values(it)  # [base lr, each param group's]
+                set_lr(s.optimizer, lrs[1:])
+                jt.set_seed(iteration_seed(s.seed, it, rank))
+                losses, loss_value = _step(model, s.optimizer, s.scaler, batch,
+                                           cfg.optimizer.grad_clip, world)
+                if not math.isfinite(loss_value):
+                    raise TrainingError(
+                        f"the loss is {loss_value} at iteration {it + 1}; stopping. Checkpoints "
+                        f"are written only with finite weights and {_last_good(s.keeper)}: lower "
+                        "optimizer.lr, set optimizer.grad_clip, or check the data, then resume "
+                        "from it")
+                done = it + 1
+                meter.update(done, loss_value, losses, lrs[0], data_time,
+                             None if s.scaler is None else s.scaler.scale)
+                saved = done % train_cfg.checkpoint_interval == 0 or done == max_iters
+                if is_main and saved:
+                    _save(cfg, model, s, done)
+                signum = stop.requested(world)
+                if signum:
+                    _stop_on_signal(cfg, model, s, done, signum, saved, is_main, world)
+                interval = train_cfg.eval_interval
+                due = (interval > 0 and done % interval == 0) or done == max_iters
+                if evaluate_at_all and due:
+                    if val_loader is None:
+                        val_loader = build_val_loader(cfg, rank=rank, world_size=world)
+                    samples = None
+                    if run_log.tensorboard is not None and train_cfg.tensorboard_samples:
+                        samples = SampleCollector(train_cfg.tensorboard_samples)
+                    last_eval = run_evaluation(cfg, model, val_loader, run_log, done, progress,
+                                               on_prediction=samples, seed=s.seed)
+                    if samples is not None:
+                        run_log.tensorboard.samples(samples.items,
+                                                    dataset_settings(cfg.data)["palette"], done)
+                    model.train()
+                    meter.paused()
     except KeyboardInterrupt:
         logger.error("interrupted; %s (continue with resume=auto)", _last_good(s.keeper))
         raise
     finally:
         bar.close()
     return last_eval
+
+
+def _stop_on_signal(cfg, model, s, done, signum, saved, is_main, world):
+    """The loop got SIGTERM / SIGINT: checkpoint iteration `done` (rank 0, unless the loop
+    just did), log where to go on from, raise TrainingStopped. Under MPI the other ranks
+    wait for the checkpoint: a rank that exits first makes mpirun end the job."""
+    if is_main and not saved:
+        _save(cfg, model, s, done)
+    if world > 1:
+        jt.array(np.zeros(1, np.int32)).mpi_all_reduce("add").sync()
+    message = (f"stopped by {signal.Signals(signum).name} after iteration {done}; "
+               f"checkpoint {s.keeper.newest if is_main else ''} holds it: continue with "
+               f"--resume auto (same config and work dir)")
+    if is_main:
+        logger.warning(message)
+    raise TrainingStopped(signum, message)
 
 
 def _save(cfg, model, s, done):
