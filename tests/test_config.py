@@ -275,8 +275,6 @@ ABSURD = {  # case -> (overrides of the demo config, keys the message must name)
                          ["optimizer.paramwise.head.lr_mult"]),
     "min_lr_above_lr": (["scheduler.min_lr=0.1"], ["scheduler.min_lr", "optimizer.lr"]),
     "max_iters_negative": (["train.max_iters=-1"], ["train.max_iters"]),
-    "warmup_longer_than_run": (["train.max_iters=10"],
-                               ["scheduler.warmup_iters", "train.max_iters"]),
     "warmup_ratio_0": (["scheduler.warmup_ratio=0"], ["scheduler.warmup_ratio"]),
     "md_r_0": (["model.decode_head.ham.md_r=0"], ["model.decode_head.ham.md_r"]),
     "drop_path_rate_1": (["model.backbone.drop_path_rate=1.0"], ["model.backbone.drop_path_rate"]),

@@ -185,6 +185,15 @@ def test_resume_config_check_keys_and_seed():
     assert len(check_resume_config(ckpt, loss, "c.pkl", allowed=["optimizer", "scheduler"])) == 2
 
 
+def test_a_run_shorter_than_its_warmup_trains_with_a_warning(demo_root, tmp_path):
+    """1 iteration with a 2-iteration warm-up: trained, one warning saying the run only warms
+    up (refused on 5688dd8); the lr is the warm-up's first value."""
+    out = run_net(*train_args(demo_root, tmp_path, 1))
+    assert "scheduler.warmup_iters 2 is longer than train.max_iters 1: the run only warms up" \
+        in out.stderr, out.stderr[-2000:]
+    assert [r["lr"] for r in train_records(tmp_path)] == [pytest.approx(1e-3 * 1e-6)]
+
+
 def test_nan_loss_stops_with_the_iteration_and_keeps_checkpoints(demo_root, tmp_path):
     run_net(*train_args(demo_root, tmp_path, 2))
     before = open(os.path.join(tmp_path, "checkpoints", "iter_00000002.pkl"), "rb").read()

@@ -429,6 +429,11 @@ def _prepare(cfg, model, work, resume, load_from, seed, is_main, world, resume_c
     base_lr = cfg.optimizer.lr
     # the first value is the base lr (lr_mult 1), logged; the others are the groups'
     schedule = LrSchedule(cfg.scheduler, max_iters, [base_lr] + initial_lrs(optimizer, base_lr))
+    if cfg.scheduler.warmup_iters > max_iters:
+        logger.warning("scheduler.warmup_iters %d is longer than train.max_iters %d: the run "
+                       "only warms up, to %.3g x optimizer.lr at its last iteration (as "
+                       "mmengine runs it)", cfg.scheduler.warmup_iters, max_iters,
+                       schedule.values(max_iters - 1)[0] / base_lr)
     scaler = None
     if cfg.train.amp:
         if not jt.flags.use_cuda:
