@@ -194,6 +194,24 @@ def test_a_run_shorter_than_its_warmup_trains_with_a_warning(demo_root, tmp_path
     assert [r["lr"] for r in train_records(tmp_path)] == [pytest.approx(1e-3 * 1e-6)]
 
 
+def test_metrics_continue_cleanly_after_a_resume(demo_root, tmp_path):
+    """A run that logged iteration 3 (and its evaluation) but died before checkpoint 3, then
+    --resume auto from 2: metrics.jsonl holds every iteration once (on 5688dd8 the records
+    of 3 appeared twice)."""
+    run_net(*train_args(demo_root, tmp_path, 3))
+    os.remove(tmp_path / "checkpoints" / "iter_00000003.pkl")  # as if killed before it
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"mode": "train", "iter": 3, "lo')  # and a line cut by the kill
+    out = run_net(*train_args(demo_root, tmp_path, 3), "--resume", "auto")
+    assert "dropped 2 records of iterations after 2" in out.stderr, out.stderr[-2000:]
+    with open(tmp_path / "metrics.jsonl") as f:
+        lines = f.read().splitlines()
+    records = [json.loads(l) for l in lines if l.endswith("}")]
+    assert [(r["mode"], r["iter"]) for r in records] == [
+        ("train", 1), ("train", 2), ("train", 3), ("val", 3)], records
+    assert len(lines) == len(records) + 1  # the cut line stays (analyze_logs skips it)
+
+
 def test_nan_loss_stops_with_the_iteration_and_keeps_checkpoints(demo_root, tmp_path):
     run_net(*train_args(demo_root, tmp_path, 2))
     before = open(os.path.join(tmp_path, "checkpoints", "iter_00000002.pkl"), "rb").read()

@@ -49,6 +49,7 @@ from jseg.config import config_to_yaml, dump_config
 from jseg.data.datasets import dataset_settings
 from jseg.data.loader import build_train_loader, build_val_loader, random_seed
 from jseg.models import build_model
+from jseg.utils.atomic import atomic_write
 
 from .amp import DynamicLossScaler, amp_scope
 from .evaluator import run_evaluation
@@ -168,7 +169,10 @@ class _RunLog:
         self.buffer = logging.handlers.BufferingHandler(capacity=10 ** 6)
         logger.addHandler(self.buffer)
 
-    def open(self, work_dir):
+    def open(self, work_dir, start_iter=0):
+        """Start writing into `work_dir`; a run resumed at `start_iter` first drops the
+        metrics records of later iterations (a run that went on past its checkpoint), as
+        TensorBoard's purge does, so that each iteration is recorded once."""
         logger.removeHandler(self.buffer)
         if not self.enabled:
             return
@@ -185,7 +189,10 @@ class _RunLog:
         for record in self.buffer.buffer:
             self.handler.handle(record)
         logger.addHandler(self.handler)
-        self.jsonl = open(os.path.join(work_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        path = os.path.join(work_dir, "metrics.jsonl")
+        if start_iter > 0 and os.path.exists(path):
+            _drop_records_after(path, start_iter)
+        self.jsonl = open(path, "a", encoding="utf-8")
 
     def record(self, **fields):
         if self.tensorboard is not None:
@@ -290,6 +297,30 @@ def _restore_optimizer(optimizer, state, source):
             m.update(jt.array(state["m"][name]))
             v.update(jt.array(state["v"][name]))
     optimizer.n_step = int(state["n_step"])
+
+
+def _drop_records_after(path, iteration):
+    """Rewrite metrics.jsonl (atomically) without the records of iterations > `iteration`;
+    lines that are not such records stay."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+
+    def later(line):
+        try:
+            it = json.loads(line).get("iter")
+        except (ValueError, AttributeError):
+            return False
+        return isinstance(it, int) and it > iteration
+
+    kept = [line for line in lines if not later(line)]
+    if len(kept) == len(lines):
+        return
+    if kept and not kept[-1].endswith("\n"):  # a line cut by a crash
+        kept[-1] += "\n"
+    with atomic_write(path, "w") as f:
+        f.writelines(kept)
+    logger.info("%s: dropped %d records of iterations after %d (the run went on past the "
+                "checkpoint it resumes from)", path, len(lines) - len(kept), iteration)
 
 
 def _last_good(keeper):
@@ -484,7 +515,7 @@ def train(cfg, model=None, *, resume=None, load_from=None, seed=None, progress=T
                 keep_earlier_config(work.path, start.resumed_config, start.start_iter,
                                     config_to_yaml(cfg))
                 dump_config(cfg, os.path.join(work.path, "config.yaml"))
-            run_log.open(work.path)
+            run_log.open(work.path, start.start_iter)
             if is_main and cfg.train.tensorboard:
                 run_log.tensorboard = TensorBoardLog(os.path.join(work.path, "tensorboard"),
                                                      start.start_iter)
