@@ -1,4 +1,5 @@
-"""tools/demo.py on videos and cameras: frames in = frames out, atomic output, one-line errors.
+"""tools/demo.py on videos and cameras: frames in = frames out, atomic output, one-line errors,
+and a full disk that keeps the old video (the written one is read back whole).
 
 Also jseg.utils.atomic.atomic_path, through which the video is written. The videos are tiny
 (8 frames of 64x48, the demo images) and the model is the tiny one of every test, so no new
@@ -7,6 +8,7 @@ reads back: mp4v in .mp4, MJPG in .avi.
 """
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -274,6 +276,120 @@ def test_camera_stops_on_ctrl_c_and_still_finishes_the_video(demo_root, in_proce
     rgb = [np.array_equal(img, frame[:, :, ::-1]) for img, frame in zip(seen, frames)]
     assert rgb == [True] * 5, f"the model must get the frames as RGB: {rgb}"
     assert os.listdir(tmp_path) == ["cam.avi"], os.listdir(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# A full disk: cv2.VideoWriter reports no failed write, so the demo reads the video back whole
+
+@pytest.fixture(scope="module")
+def noisy_video(tmp_path_factory):
+    """10 frames of 64x48 noise (MJPG .avi): outputs of 8-31 KiB, several 4 KiB pages in every
+    container, so a small disk can cut them part-way."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8) for _ in range(10)]
+    return write_video(tmp_path_factory.mktemp("noise") / "noise.avi", frames, "MJPG")
+
+
+def small_tmpfs(path, pages):
+    """Mount a tmpfs of `pages` 4 KiB pages at `path` (root, where the container allows it),
+    else skip; the caller unmounts it."""
+    os.makedirs(path)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * 4096}", "tmpfs",
+                          str(path)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({out.stderr.strip()}); "
+                    f"test_a_short_write_keeps_the_old_video simulates one")
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm"])
+def test_a_full_disk_fails_and_keeps_the_old_video(noisy_video, in_process, tmp_path, capsys,
+                                                   suffix):
+    """A real small filesystem per output suffix: the video fits (written), or is cut at half
+    or its last page. Cut .avi said `10 frames written`, exit 0, and replaced the old file
+    with 12 KiB of which 3 frames decoded."""
+    demo, run = in_process
+    assert suffix in demo.VIDEO_WRITERS, sorted(demo.VIDEO_WRITERS)
+    whole = tmp_path / f"whole{suffix}"
+    assert run(noisy_video, "--out-file", str(whole)) == 0, capsys.readouterr().err[-2000:]
+    assert len(read_video(whole)[0]) == 10
+    size = os.path.getsize(whole)
+    pages = -(-size // 4096)
+    assert pages >= 2, f"{whole} is {size} bytes: too small to be cut part-way"
+    for cut, room in (("half", pages // 2), ("last page", pages - 1)):
+        disk = tmp_path / cut.replace(" ", "_")
+        small_tmpfs(disk, 1 + room)  # one page for the old file
+        try:
+            old = disk / f"seg{suffix}"
+            old.write_bytes(b"an earlier video")
+            capsys.readouterr()
+            code = run(noisy_video, "--out-file", str(old))
+            err = capsys.readouterr().err
+            errors = error_lines(err)
+            print(f"{suffix} {cut}: {room} of {pages} pages of room ->", errors)
+            assert code == 1 and len(errors) == 1, (cut, code, err[-2000:])
+            assert f"the video written for {old} is incomplete" in errors[0], errors
+            assert f"{old} is unchanged" in errors[0], errors
+            assert old.read_bytes() == b"an earlier video", (cut, os.path.getsize(old))
+            assert os.listdir(disk) == [old.name], (cut, os.listdir(disk))
+        finally:
+            subprocess.run(["umount", str(disk)])
+
+
+def test_a_short_write_keeps_the_old_video(noisy_video, in_process, tmp_path, monkeypatch,
+                                           capsys):
+    """The same without root: a writer that, as on a full disk, keeps only the first 12 KiB
+    (its header already rewritten with the full sizes)."""
+    demo, run = in_process
+    real = cv2.VideoWriter
+
+    class FullDiskWriter:
+        def __init__(self, path, *args):
+            self.path, self.writer = path, real(path, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.writer, name)
+
+        def release(self):
+            self.writer.release()
+            os.truncate(self.path, min(12288, os.path.getsize(self.path) // 2))
+    monkeypatch.setattr(cv2, "VideoWriter", FullDiskWriter)
+    old = tmp_path / "seg.avi"
+    old.write_bytes(b"an earlier video")
+    code = run(noisy_video, "--out-file", str(old))
+    err = capsys.readouterr().err
+    errors = error_lines(err)
+    assert code == 1 and len(errors) == 1, (code, err[-2000:])
+    found = re.search(r"incomplete \(it has 12288 of the (\d+) bytes its container records; "
+                      r"(\d+) of its 10 frames decode\)", errors[0])
+    assert found and int(found[1]) > 12288 and int(found[2]) < 10, errors
+    assert old.read_bytes() == b"an earlier video"
+    assert os.listdir(tmp_path) == ["seg.avi"], os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm"])
+def test_check_written_refuses_every_cut(suffix, tmp_path):
+    """Complete files pass; a file cut anywhere fails, also where every frame still decodes
+    (a lost index or cue table at the end, which a frame count alone would miss)."""
+    demo = load_demo_module()
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8) for _ in range(10)]
+    path = write_video(tmp_path / f"v{suffix}", frames, demo.VIDEO_WRITERS[suffix])
+    demo.check_written(path, "out" + suffix, 10)
+    data = open(path, "rb").read()
+    cut = tmp_path / f"cut{suffix}"
+    decodable = []
+    for keep in list(range(0, len(data), 97)) + [len(data) - 1]:
+        cut.write_bytes(data[:keep])
+        with pytest.raises(demo.VideoError, match="is incomplete"):
+            demo.check_written(str(cut), "out" + suffix, 10)
+        cap = cv2.VideoCapture(str(cut))
+        decoded = 0
+        while cap.isOpened() and cap.grab():
+            decoded += 1
+        cap.release()
+        if decoded == 10:
+            decodable.append(keep)
+    print(f"{suffix}: {len(data)} bytes; cut at {decodable} all 10 frames still decode")
 
 
 # ---------------------------------------------------------------------------

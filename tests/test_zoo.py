@@ -282,3 +282,181 @@ def test_convert_and_list_command_lines(server, fixtures, tmp_path):
     row = next(line for line in lines if line.startswith("segnext_mscan-l_ade20k"))
     assert "50.99" in row and "19b14b63" in row and "mmseg" in row
     assert any(line.startswith("mscan_s ") and "81.2" in line for line in lines)
+
+
+# ---------------------------------------------------------------------------
+# The cache heals: bad files are made again once; a read-only cache serves what it holds
+
+ERROR_PAGE = b"<!DOCTYPE html><html><body><h1>Rate limit exceeded</h1></body></html>\n"
+
+
+def _raw_path(spec):
+    """The downloaded source file of `spec` in the cache (beside converted/)."""
+    url = zoo.MODELS[spec[len("zoo:"):]].url if spec.startswith("zoo:") else spec
+    return os.path.join(os.path.dirname(os.path.dirname(zoo.cached_path(spec))),
+                        os.path.basename(urlparse(url).path))
+
+
+def test_an_error_page_sent_as_the_file_is_not_kept(monkeypatch, server, fixtures, tmp_path):
+    """A URL without a hash in its name answers 200 with an HTML page: one error naming the
+    URL, the cache and JSEG_CACHE_DIR, and nothing kept, so the next call downloads again.
+    An error page an older jseg kept in the cache is deleted and downloaded again."""
+    monkeypatch.setenv("JSEG_CACHE_DIR", str(tmp_path / "cache"))
+    url = server.url + "/x/mscan_t.pth"
+    raw = _raw_path(url)
+    server.files["/x/mscan_t.pth"] = ERROR_PAGE
+    with pytest.raises(zoo.ZooError) as err:
+        zoo.fetch_weights(url, progress=False, log=lambda line: None)
+    message = str(err.value)
+    print(message)
+    assert message.startswith(f"{url} did not give a checkpoint") and "\n" not in message
+    assert "an HTML/XML document" in message and f"{raw}:" in message, message
+    assert "JSEG_CACHE_DIR" in message and str(tmp_path / "cache") in message, message
+    assert not os.path.exists(raw), "the error page stayed in the cache"
+
+    server.files["/x/mscan_t.pth"] = fixtures["blobs"]["imagenet"]
+    state, _ = zoo_read(url)
+    np.testing.assert_array_equal(state["backbone.norm1.weight"],
+                                  fixtures["state"]["backbone.norm1.weight"])
+
+    other = server.url + "/y/mscan_t.pth"  # what an older jseg left: the page, cached
+    server.files["/y/mscan_t.pth"] = fixtures["blobs"]["imagenet"]
+    os.makedirs(os.path.dirname(_raw_path(other)))
+    with open(_raw_path(other), "wb") as f:
+        f.write(ERROR_PAGE)
+    lines = []
+    state, _ = zoo_read(zoo.fetch_weights(other, progress=False, log=lines.append))
+    assert "backbone.norm4.weight" in state
+    print(lines)
+    assert any(line.startswith(f"{_raw_path(other)}: not a checkpoint") and
+               line.endswith("deleted from the weights cache, downloading it again")
+               for line in lines), lines
+    assert [p for p, _ in server.log].count("/y/mscan_t.pth") == 1, server.log
+
+
+def test_a_cached_file_with_the_wrong_hash_is_downloaded_again(monkeypatch, server, fixtures,
+                                                               tmp_path):
+    data = fixtures["blobs"]["imagenet"]
+    _serve(monkeypatch, server, "mscan_t", data, tmp_path)
+    raw = _raw_path("zoo:mscan_t")
+    os.makedirs(os.path.dirname(raw))
+    with open(raw, "wb") as f:
+        f.write(data[:len(data) // 2])  # a copy cut short (an older jseg, a full disk)
+    lines = []
+    zoo.fetch_source("zoo:mscan_t", progress=False, log=lines.append)
+    assert open(raw, "rb").read() == data
+    assert any(line.startswith(f"{raw} has SHA-256 ") and "downloading it again" in line
+               for line in lines), lines
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit flip"])
+def test_a_damaged_converted_copy_is_converted_again(monkeypatch, server, fixtures, tmp_path,
+                                                     damage):
+    """It was found at load time only, and never made again. Now: deleted and converted
+    again from the cached download (no new request), with a log line."""
+    data = fixtures["blobs"]["imagenet"]
+    _serve(monkeypatch, server, "mscan_t", data, tmp_path)
+    converted = zoo.fetch_weights("zoo:mscan_t", progress=False, log=lambda line: None)
+    good = open(converted, "rb").read()
+    bad = good[:len(good) // 2] if damage == "truncated" else \
+        good[:1000] + bytes([good[1000] ^ 1]) + good[1001:]
+    with open(converted, "wb") as f:
+        f.write(bad)
+    lines = []
+    state, _ = zoo_read(zoo.fetch_weights("zoo:mscan_t", progress=False, log=lines.append))
+    np.testing.assert_array_equal(state["backbone.norm1.weight"],
+                                  fixtures["state"]["backbone.norm1.weight"])
+    print(lines[0])
+    assert lines[0].startswith(f"{converted}: ") and lines[0].endswith(
+        "deleted from the weights cache, converting " + _raw_path("zoo:mscan_t")
+        + " again"), lines
+    assert len(server.log) == 1, server.log
+    state, _ = zoo_read("zoo:mscan_t")  # as init_model reads it: the remade copy, as it is
+    assert "backbone.norm4.weight" in state and len(server.log) == 1, server.log
+
+
+def _read_only_mount(folder):
+    """Make the tmpfs mounted at `folder` read-only (root), else skip."""
+    out = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {out.stderr.strip()}")
+
+
+def _read_only_simulated(folder, monkeypatch):
+    """Every open for writing under `folder` fails with EROFS, as on a read-only mount."""
+    import builtins
+    import errno
+    real_open, real_os_open = builtins.open, os.open
+    folder = os.path.abspath(folder)
+
+    def refuse(path):
+        if os.path.abspath(os.fspath(path)).startswith(folder + os.sep):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+
+
+@pytest.mark.parametrize("how", ["read-only tmpfs", "simulated"])
+def test_a_read_only_cache_serves_what_it_holds(monkeypatch, server, fixtures, tmp_path, how):
+    """A shared, read-only cache (a container image, a site-wide folder) failed on its
+    .lock although it held the files. `read-only tmpfs` remounts a real tmpfs read-only
+    (root); `simulated` makes every open for writing under it fail with EROFS."""
+    data = fixtures["blobs"]["imagenet"]
+    _serve(monkeypatch, server, "mscan_t", data, tmp_path)
+    cache = tmp_path / "cache"
+    mounted = how == "read-only tmpfs"
+    if mounted:
+        cache.mkdir()
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(cache)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        converted = zoo.fetch_weights("zoo:mscan_t", progress=False, log=lambda line: None)
+        for lock in [os.path.join(r, n) for r, _, ns in os.walk(cache) for n in ns
+                     if n.endswith(".lock")]:
+            os.remove(lock)  # a cache filled by a copy holds no locks
+        url = f"{server.url}/m/mscan_t-{_sha8(data)}.pth"  # not cached: needs a download
+        server.files[urlparse(url).path] = data
+        damaged = f"{server.url}/d/mscan_t-{_sha8(data)}.pth"  # cached, converted copy cut
+        server.files[urlparse(damaged).path] = data
+        cut = zoo.fetch_weights(damaged, progress=False, log=lambda line: None)
+        os.truncate(cut, os.path.getsize(cut) // 2)
+        if mounted:
+            _read_only_mount(cache)
+        else:
+            _read_only_simulated(cache, monkeypatch)
+
+        assert zoo.fetch_weights("zoo:mscan_t", progress=False) == converted
+        assert zoo.fetch_source("zoo:mscan_t", progress=False)[0] == \
+            _raw_path("zoo:mscan_t")
+        state, _ = zoo_read("zoo:mscan_t")
+        assert "backbone.norm4.weight" in state
+        with pytest.raises(zoo.ZooError) as err:  # what it lacks: one line, and the fix
+            zoo.fetch_weights(url, progress=False, log=lambda line: None)
+        print(err.value)
+        assert str(err.value).startswith(f"cannot write {_raw_path(url)} to download it: "
+                                         "Read-only file system; set JSEG_CACHE_DIR to a "
+                                         f"writable folder (the weights cache is now {cache})"), \
+            err.value
+        with pytest.raises(zoo.ZooError) as err:
+            zoo.fetch_weights(damaged, progress=False, log=lambda line: None)
+        print(err.value)
+        assert str(err.value).startswith(f"cannot write {cut} to convert it again (the copy "
+                                         "there does not load): Read-only file system; set "
+                                         "JSEG_CACHE_DIR"), err.value
+        assert len(server.log) == 2, server.log
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(cache)])

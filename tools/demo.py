@@ -26,10 +26,12 @@ mp4v, .avi: MJPG, .webm: VP80; --fourcc overrides it) at the fps of the input (-
 it; cameras that report none get 30). A progress bar shows the frames; at the end the tool
 prints the frames written and the processing speed. --max-frames N stops after N frames, Ctrl-C
 stops a camera (the video is still finished) and --show also shows the frames in a window (q or
-Esc stops) where OpenCV has a display. The video is written under a temporary name and renamed
-when complete: an unreadable input, an output OpenCV cannot write, an error or an interrupted
-video file leaves no partial file and the previous OUT_FILE as it was (a killed process leaves
-OUT_FILE as it was too, and its temporary file .NAME.XXXXXXXX.tmp.SUFFIX next to it).
+Esc stops) where OpenCV has a display. The video is written under a temporary name, read back
+whole (its size against the sizes its container records, every frame decoded: OpenCV reports
+no failed write) and renamed only then: an unreadable input, an output OpenCV cannot write, a
+full disk, an error or an interrupted video file leaves no partial file and the previous
+OUT_FILE as it was (a killed process leaves OUT_FILE as it was too, and its temporary file
+.NAME.XXXXXXXX.tmp.SUFFIX next to it).
 """
 import os
 import re
@@ -38,7 +40,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402
 import jseg  # noqa: E402,F401  (configures Jittor before it is imported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -395,16 +397,100 @@ def run_frames(model, args, cap, frame, count, fps, fourcc, temp, camera, show):
 
 
 def check_written(temp, out_file, frames):
-    """Read the finished video back: cv2.VideoWriter reports no failed write (a full disk)."""
+    """Read the finished video back whole before it replaces `out_file`.
+
+    cv2.VideoWriter reports no failed write: on a full disk the file keeps what fit while
+    its header, rewritten at the end, still counts every byte the muxer wrote. So the
+    file's size must be the size its container records, and all `frames` frames must
+    decode (reading the first frame alone passed an .avi holding 3 of 10 frames).
+    """
+    import cv2
+    problem = container_problem(temp)
     cap = _quiet_capture(temp)
+    level = cv2.getLogLevel()
+    cv2.setLogLevel(0)  # a damaged file's decoder warnings: the error line says it all
+    decoded = 0
     try:
-        ok = cap.isOpened() and cap.read()[0]
+        while cap.isOpened() and cap.grab():
+            decoded += 1
     finally:
         cap.release()
-    if not ok:
-        raise VideoError(f"the video written for {out_file} ({frames} frames) cannot be read "
-                         f"back (a full disk?); {out_file} is unchanged")
+        cv2.setLogLevel(level)
+    if problem or decoded != frames:
+        why = "; ".join(filter(None, [problem, f"{decoded} of its {frames} frames decode"]))
+        raise VideoError(f"the video written for {out_file} is incomplete ({why}): a full "
+                         f"disk? free some space and run again; {out_file} is unchanged")
+
+
+def container_problem(path):
+    """Why the size of video file `path` disagrees with the sizes its container records
+    (RIFF chunks of .avi, top-level boxes of .mp4 .m4v .mov, top-level EBML elements of
+    .mkv .webm), or None when it agrees or the container is none of these."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] == b"RIFF":
+            walk = _riff_chunks
+        elif head[4:8] in (b"ftyp", b"wide", b"free", b"mdat", b"moov"):
+            walk = _bmff_boxes
+        elif head[:4] == b"\x1a\x45\xdf\xa3":
+            walk = _ebml_elements
+        else:
+            return None
+        recorded, names = 0, set()
+        while recorded < size:  # each step: (length of the element at `recorded`, its name)
+            f.seek(recorded)
+            length, name = walk(f, size - recorded)
+            if length is None:
+                return f"unreadable container data at byte {recorded}"
+            if length == 0:  # an element of unknown size (a stream): nothing to compare
+                return None
+            recorded += length
+            names.add(name)
+    if recorded > size:
+        return f"it has {size} of the {recorded} bytes its container records"
+    if walk is _bmff_boxes and b"moov" not in names:
+        return "it has no index, the moov box"
+    return None
+
+
+def _riff_chunks(f, left):
+    """AVI: 'RIFF', little-endian size, then the data (one chunk, or more for OpenDML)."""
+    head = f.read(8)
+    if len(head) < 8 or head[:4] != b"RIFF":
+        return None, None
+    n = int.from_bytes(head[4:], "little")
+    return 8 + n + (n & 1), b"RIFF"
+
+
+def _bmff_boxes(f, left):
+    """MP4/MOV: big-endian 32-bit size (1: a 64-bit size follows; 0: to the end) and type."""
+    head = f.read(16)
+    if len(head) < 8:
+        return None, None
+    n, kind = int.from_bytes(head[:4], "big"), head[4:8]
+    if n == 1:
+        n = int.from_bytes(head[8:16], "big") if len(head) == 16 else 0
+    elif n == 0:
+        n = left
+    return (n, kind) if n >= 8 else (None, None)
+
+
+def _ebml_elements(f, left):
+    """Matroska/WebM: a 4-byte ID (the EBML header, then the Segment) and a size of 1-8
+    bytes, its width told by the first byte's leading zeros; all ones: unknown (0)."""
+    head = f.read(12)
+    if len(head) < 5 or head[:4] not in (b"\x1a\x45\xdf\xa3", b"\x18\x53\x80\x67") \
+            or not head[4]:
+        return None, None
+    width = 9 - head[4].bit_length()
+    if len(head) < 4 + width:
+        return None, None
+    n = int.from_bytes(head[4:4 + width], "big") & ((1 << (7 * width)) - 1)
+    if n == (1 << (7 * width)) - 1:
+        return 0, head[:4]
+    return 4 + width + n, head[:4]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -15,6 +15,11 @@ unpickler (`convert.convert_checkpoint`) and the converted file kept, so the nex
 reads it straight away. `JSEG_ZOO_MIRROR` (a base URL) replaces the scheme and host of the
 table's URLs, for mirrors and air-gapped sites; the hash check still applies. Offline, put
 the source file by hand where the error message says.
+
+The cache heals itself: a cached download that fails its check (the hash; for a URL without
+one, that it reads as a checkpoint: servers send HTML error pages with status 200) and a
+converted copy that does not load are deleted and made again, once, with a log line. Only
+writers take the lock, so a read-only cache that holds good files serves them.
 """
 import contextlib
 import hashlib
@@ -24,11 +29,11 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlparse
 
-from jseg.utils.download import DownloadError, download, sha256_of
+from jseg.utils.download import download, sha256_of
 
 from .convert import convert_checkpoint
 from .mapping import ConversionError
-from .safe_pickle import CheckpointError
+from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
 
 __all__ = ["ZooModel", "MODELS", "ZooError", "is_remote", "cache_dir", "source_url",
            "fetch_source", "fetch_weights", "cached_path"]
@@ -78,7 +83,8 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8})\.pth$")
 
 
 class ZooError(CheckpointError):
-    """An unknown zoo name, a bad URL, or a download that is not a SegNeXt checkpoint."""
+    """An unknown zoo name, a bad URL, a download that is not a SegNeXt checkpoint, or a
+    cache that cannot be written."""
 
 
 def is_remote(spec):
@@ -135,10 +141,16 @@ def cached_path(spec):
 
 
 @contextlib.contextmanager
-def _locked(path):
-    """Serialise processes (e.g. MPI ranks) fetching the same file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "a") as f:
+def _locked(path, purpose):
+    """Serialise processes (e.g. MPI ranks) writing `path` into the cache. Only taken to
+    write: a read-only cache that already holds a good file serves it without a lock."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        f = open(path + ".lock", "a")
+    except OSError as e:  # a read-only or full cache: say where it is and how to move it
+        raise ZooError(f"cannot write {path} {purpose}: {e.strerror}; set JSEG_CACHE_DIR to a "
+                       f"writable folder (the weights cache is now {cache_dir()})") from None
+    with f:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock, each process downloads alone
@@ -151,49 +163,93 @@ def _locked(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def fetch_source(spec, progress=True, log=print):
-    """Download (or find in the cache) the source file of `spec`, hash-checked.
+def _source_problem(raw, expected):
+    """Why the downloaded file `raw` is unusable, or None. With a hash prefix: its SHA-256
+    must start with it; without one (any URL): it must read as a checkpoint holding a state
+    dict (a server may send an HTML error page with status 200)."""
+    if expected:
+        digest = sha256_of(raw)
+        if not digest.startswith(expected):
+            return f"{raw} has SHA-256 {digest[:16]}..., expected {expected}..."
+        return None
+    try:
+        unwrap_state_dict(load_checkpoint_file(raw))
+    except CheckpointError as e:
+        return str(e)
+    return None
 
-    Returns (path, source_format or "auto"). Raises ZooError / DownloadError.
+
+def _unloadable(converted):
+    """Why the converted copy does not load (a truncated or damaged file), or None."""
+    try:
+        load_checkpoint_file(converted)
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
+def fetch_source(spec, progress=True, log=print):
+    """Download (or find in the cache) the source file of `spec`, checked.
+
+    A cached file that fails the check (hash, or for a URL without one: not a checkpoint)
+    is deleted and downloaded again, once. Returns (path, source_format or "auto").
+    Raises ZooError / DownloadError.
     """
     entry, url = _entry(spec)
     raw, _ = _paths(entry, url)
+    fmt = entry.source_format if entry is not None else "auto"
     if entry is not None:
         expected = entry.sha256
     else:
         found = _HASH_IN_NAME.search(urlparse(url).path)
         expected = found.group(1) if found else None
-    with _locked(raw):
-        if os.path.exists(raw):
-            digest = sha256_of(raw)
-            if expected and not digest.startswith(expected):
-                raise DownloadError(f"{raw} has SHA-256 {digest[:16]}..., expected {expected}...: "
-                                    "it is not the published file; delete it and run again")
-        else:
-            fetch = source_url(url) if entry is not None else url
-            log(f"downloading {fetch} to {raw}")
-            download(fetch, raw, expected, progress=progress)
-            if not expected:
-                log(f"warning: {url} publishes no checksum; SHA-256 of the download is "
-                    f"{sha256_of(raw)}")
-    return raw, (entry.source_format if entry is not None else "auto")
+    if os.path.exists(raw) and _source_problem(raw, expected) is None:
+        return raw, fmt
+    with _locked(raw, "to download it"):
+        if os.path.exists(raw):  # bad, or fetched by another process meanwhile
+            problem = _source_problem(raw, expected)
+            if problem is None:
+                return raw, fmt
+            log(f"{problem}: deleted from the weights cache, downloading it again")
+            os.remove(raw)
+        fetch = source_url(url) if entry is not None else url
+        log(f"downloading {fetch} to {raw}")
+        download(fetch, raw, expected, progress=progress)
+        if not expected:
+            problem = _source_problem(raw, None)
+            if problem:
+                os.remove(raw)
+                raise ZooError(f"{url} did not give a checkpoint (an error page sent as the "
+                               f"file?): {problem}; deleted it from the weights cache "
+                               f"{cache_dir()} (JSEG_CACHE_DIR). Check the URL, or put the "
+                               f"file at {raw} by hand")
+            log(f"warning: {url} publishes no checksum; SHA-256 of the download is "
+                f"{sha256_of(raw)}")
+    return raw, fmt
 
 
 def fetch_weights(spec, progress=True, log=print):
     """A local checkpoint in our format for "zoo:NAME" / a URL; cached after the first call.
 
+    A cached converted copy that does not load is deleted and converted again, once.
     Raises ZooError / DownloadError / CheckpointError (one line each).
     """
     entry, url = _entry(spec)
     raw, converted = _paths(entry, url)
-    if os.path.exists(converted):  # written atomically from a verified source
+    damaged = os.path.exists(converted) and _unloadable(converted)
+    if os.path.exists(converted) and not damaged:
         return converted
     source, fmt = fetch_source(spec, progress=progress, log=log)
-    with _locked(converted):
-        if not os.path.exists(converted):
-            os.makedirs(os.path.dirname(converted), exist_ok=True)
-            try:
-                convert_checkpoint(source, converted, fmt, log=log)
-            except ConversionError as e:  # callers of read_checkpoint expect CheckpointError
-                raise ZooError(f"{spec}: {e}") from None
+    with _locked(converted, "to convert it again (the copy there does not load)" if damaged
+                 else "to convert it"):
+        if os.path.exists(converted):  # bad, or converted by another process meanwhile
+            problem = _unloadable(converted)
+            if problem is None:
+                return converted
+            log(f"{problem}: deleted from the weights cache, converting {source} again")
+            os.remove(converted)
+        try:
+            convert_checkpoint(source, converted, fmt, log=log)
+        except ConversionError as e:  # callers of read_checkpoint expect CheckpointError
+            raise ZooError(f"{spec}: {e}") from None
     return converted
