@@ -15,8 +15,10 @@ downscaling. Input sizes are the ones the parity tests compile (64x64, 75x53) an
 model's 64x48.
 """
 import os
+import re
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -27,9 +29,13 @@ import jseg  # noqa: E402,F401  (configures Jittor before it is imported)
 import jittor as jt  # noqa: E402
 
 from conftest import DEMO_CONFIG, ROOT, TINY_OVERRIDES  # noqa: E402
+from jseg.apis import inference_model  # noqa: E402
+from jseg.data.datasets import image_key  # noqa: E402
+from jseg.engine import evaluator  # noqa: E402
 from jseg.config import Config, load_config  # noqa: E402
 from jseg.export import onnx as export  # noqa: E402
 from jseg.models import build_model  # noqa: E402
+from jseg.models.ham_head import seeded_bases  # noqa: E402
 from jseg.models.layers import resize  # noqa: E402
 
 REL, AGREEMENT = 1e-4, 0.999
@@ -264,6 +270,86 @@ def test_resize_node_matches_our_resize(src, dst, align_corners):
     print(f"{src} -> {dst}, align_corners {align_corners}: max|ours - onnx| {diff:.3e}")
     assert diff <= 1e-4, (f"{src} -> {dst}, align_corners {align_corners}: max|ours - onnx| "
                           f"{diff:.3e} (tolerance 1e-4)")
+
+
+# ---------------------------------------------------------------------------
+# The README's recipe: an image in, class ids out, as jseg.apis.inference_model
+
+def _readme_recipe():
+    """The README's python block that defines `segment`, split before its usage lines
+    (`session = ...` onwards)."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = [b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S)
+                  if "def segment(" in b]
+    assert len(blocks) == 1, f"{len(blocks)} python blocks in README.md define segment()"
+    definitions, usage = blocks[0].split("\nsession = ", 1)
+    return definitions, "session = " + usage
+
+
+def _replace(code, old, new):
+    assert code.count(old) == 1, f"README's recipe no longer has {old!r}:\n{code}"
+    return code.replace(old, new)
+
+
+def test_readme_recipe_numbers_are_the_ade20k_configs():
+    definitions, _ = _readme_recipe()
+    ns = {}
+    exec(definitions, ns)
+    data = load_config(ROOT + "/configs/segnext/segnext_mscan-t_ade20k-512x512.yaml").data
+    readme = (tuple(ns["TEST_SCALE"]), ns["SIZE_DIVISOR"], ns["MEAN"].tolist(), ns["STD"].tolist())
+    config = (tuple(data.test_scale), data.size_divisor, np.float32(data.mean).tolist(),
+              np.float32(data.std).tolist())
+    assert readme == config, f"README {readme}, config {config}"
+    assert data.size_divisor_mode == "pad" and data.test_keep_ratio, data
+
+
+@pytest.mark.parametrize("bases", ["input", "seed"])
+def test_readme_recipe_equals_inference_model(tmp_path, monkeypatch, bases):
+    """The README's recipe, run as written (its file names and TEST_SCALE swapped for the
+    tiny model's), gives inference_model's class ids at every pixel. Two images: 150x200,
+    larger than test_scale (64, 48): resized to 48x64, padded to 64x64, logits cropped and
+    resized back up; 40x56, smaller: resized up to 46x64, padded to 64x64.
+    NMF bases: "input" feeds the graph the bases inference_model draws for the image (as the
+    README says); "seed" runs the usage lines as written on a graph with constant bases, and
+    inference_model's per-image bases are replaced by that constant."""
+    cfg = load_config(DEMO_CONFIG, TINY_OVERRIDES)
+    model = _build(DEMO_CONFIG, TINY_OVERRIDES, seed=4)
+    model.cfg = cfg  # as init_model leaves it
+    path = str(tmp_path / "tiny.onnx")
+    export.export_onnx(model, path, (64, 64), bases=bases, dynamic=True)
+    shape = export.graph_bases(model).shape  # (S, D, R)
+    if bases == "seed":
+        constant = export.graph_bases(model, seed=0)  # export's default seed
+        monkeypatch.setattr(evaluator, "ImageBases", lambda seed, key: (
+            lambda B, S, D, R: jt.array(np.tile(constant, (B, 1, 1)))))
+
+    definitions, usage = _readme_recipe()
+    definitions = _replace(definitions, "TEST_SCALE, SIZE_DIVISOR = (2048, 512), 32",
+                           f"TEST_SCALE, SIZE_DIVISOR = {tuple(cfg.data.test_scale)}, "
+                           f"{cfg.data.size_divisor}")
+    ns = {}
+    exec(definitions, ns)
+    assert (ns["MEAN"].tolist(), ns["STD"].tolist()) == (
+        np.float32(cfg.data.mean).tolist(), np.float32(cfg.data.std).tolist()), cfg.data
+    usage = _replace(usage, '"segnext_t.onnx"', repr(path))
+    rng = np.random.default_rng(6)
+    for size in [(150, 200), (40, 56)]:
+        image = str(tmp_path / f"{size[0]}x{size[1]}.png")
+        cv2.imwrite(image, rng.integers(0, 256, size + (3,), dtype=np.uint8))
+        if bases == "seed":  # the usage lines as written
+            exec(_replace(usage, '"street.jpg"', repr(image)), ns)
+            theirs = ns["pred"]
+        else:  # inference_model's bases for this image, as the README gives them
+            rgb = cv2.cvtColor(cv2.imread(image), cv2.COLOR_BGR2RGB)
+            fed = seeded_bases(shape, cfg.seed or 0, (*image_key(rgb), 0))
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            theirs = ns["segment"](session, rgb, fed)
+        ours = inference_model(model, image)["pred"]
+        assert theirs.shape == ours.shape == size, (theirs.shape, ours.shape, size)
+        differ = int((theirs != ours).sum())
+        print(f"{size[0]}x{size[1]}, bases {bases!r}: {differ} of {ours.size} pixels differ "
+              f"from inference_model (tolerance 0)")
+        assert differ == 0, f"{differ} of {ours.size} pixels differ at {size}"
 
 
 # ---------------------------------------------------------------------------
