@@ -1,6 +1,8 @@
 """Jittor start-up: CPU without a GPU driver, oneDNN from an installed package, the
 env check tool's report and its failure path."""
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -180,6 +182,113 @@ def test_openblas_choice_follows_jseg_openblas():
     assert "scipy-openblas32, numpy, none" in bad.stderr
 
 
+# What a process runs with, after `import jittor` and `import jseg` in the order given by
+# argv[1], and `import jseg.ops.matmul` (which loads the OpenBLAS of the 1x1 convs). The
+# settings read when a library loads are taken at the moment it loaded: GOMP_SPINCOUNT
+# before `import jittor` (GNU OpenMP loads with Jittor's oneDNN), OPENBLAS_THREAD_TIMEOUT
+# when the chosen OpenBLAS was dlopen'ed (or, for numpy's, before the step that mapped it).
+_BACK_ENDS = r"""
+import ctypes, json, os, sys
+
+def mapped(path):
+    with open("/proc/self/maps") as maps:
+        return any(line.rstrip().endswith(path) for line in maps)
+
+timeout_at_load = {}
+_dlopen = ctypes.CDLL.__init__
+def dlopen(self, name, *args, **kwargs):
+    if name and "openblas" in str(name) and str(name) not in timeout_at_load and not mapped(str(name)):
+        timeout_at_load[str(name)] = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    _dlopen(self, name, *args, **kwargs)
+ctypes.CDLL.__init__ = dlopen
+
+order = ("jittor", "jseg") if sys.argv[1] == "jittor" else ("jseg", "jittor")
+snapshots = []  # per import: (OPENBLAS_THREAD_TIMEOUT before it, the libraries mapped after)
+for name in order + ("jseg.ops.matmul",):
+    if name == "jittor":
+        spin = os.environ.get("GOMP_SPINCOUNT")
+    before = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    __import__(name)
+    with open("/proc/self/maps") as maps:
+        snapshots.append((before, maps.read()))
+
+import jittor as jt
+import jittor.compile_extern as extern
+import jseg.ops
+from jseg.ops import sgemm
+blas = sgemm.library()
+if blas is None:
+    timeout = threads = None
+elif blas.path in timeout_at_load:
+    timeout = timeout_at_load[blas.path]
+else:  # loaded by numpy's import: as the step that first mapped it found the environment
+    timeout = next(before for before, maps in snapshots if blas.path in maps)
+if blas is not None:
+    threads = getattr(ctypes.CDLL(blas.path), blas.set_threads.replace("_set_", "_get_"))()
+print(json.dumps({
+    "use_parallel_op_compiler": jt.flags.use_parallel_op_compiler,
+    "use_cuda": jt.flags.use_cuda,
+    "oneDNN loaded": extern.mkl_ops is not None,
+    "jseg.ops kernels on": jseg.ops.enabled(jt.zeros((1,), "float32")),
+    "1x1 convs on": blas.name if blas else "Jittor's matmul",
+    "OPENBLAS_THREAD_TIMEOUT at its load": timeout,
+    "OpenBLAS threads": threads,
+    "OpenMP threads": ctypes.CDLL("libgomp.so.1").omp_get_max_threads(),
+    "GOMP_SPINCOUNT at Jittor's start": spin,
+    "torch loaded": "torch" in sys.modules,
+}))
+"""
+
+# what jseg sets at start-up (and the user may set): cleared, so that each probe starts fresh
+_JSEG_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "FIX_TORCH_ERROR",
+                  "use_parallel_op_compiler", "log_silent", "JSEG_OPENBLAS", "use_mkl")
+
+
+def _back_ends(first, **extra_env):
+    """The back ends of a process that imports `first` ("jittor" or "jseg") first, and its
+    warnings about the import order. nvcc_path="" lets a bare `import jittor` start here."""
+    environ = {k: v for k, v in os.environ.items() if k not in _JSEG_SETTINGS}
+    environ.update(nvcc_path="", **extra_env)
+    out = subprocess.run([sys.executable, "-c", _BACK_ENDS, first], capture_output=True,
+                         text=True, env=environ, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, (first, out.stdout[-2000:], out.stderr[-3000:])
+    warnings = [line for line in out.stderr.splitlines() if "imported before jseg" in line]
+    return json.loads(out.stdout.strip().splitlines()[-1]), warnings
+
+
+# read when Jittor starts, and never again: what `import jittor` first cannot get
+_AT_JITTOR_START = ("GOMP_SPINCOUNT at Jittor's start", "torch loaded")
+
+
+def test_jittor_imported_first_runs_the_same_back_ends():
+    """`import jittor` before `import jseg`: every setting that can still take effect is the
+    one jseg sets (compiles on the calling thread, OpenBLAS that sleeps when idle, oneDNN, the
+    kernels jseg.ops picks, thread counts); the ones read at Jittor's start are named in one
+    warning with the fix."""
+    ours, quiet = _back_ends("jseg")
+    theirs, warnings = _back_ends("jittor")
+    print("jseg first:  ", ours)
+    print("jittor first:", theirs)
+    print("\n".join(warnings))
+    differ = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+    assert set(differ) <= set(_AT_JITTOR_START), f"jseg first vs jittor first: {differ}"
+    assert ours["use_parallel_op_compiler"] == 0 and ours["OPENBLAS_THREAD_TIMEOUT at its load"] \
+        == env.OPENBLAS_THREAD_TIMEOUT and ours["oneDNN loaded"], ours
+    assert quiet == [], quiet
+    assert len(warnings) == 1 and warnings[0].endswith("Fix: import jseg before jittor"), warnings
+    assert "GOMP_SPINCOUNT" in warnings[0], warnings
+    assert ("FIX_TORCH_ERROR" in warnings[0]) == theirs["torch loaded"], warnings
+
+
+def test_jittor_first_with_numpys_openblas_names_the_timeout_it_missed():
+    """numpy's OpenBLAS loads with Jittor (numpy), before jseg can set its timeout."""
+    theirs, warnings = _back_ends("jittor", JSEG_OPENBLAS="numpy")
+    if theirs["1x1 convs on"] == "Jittor's matmul":
+        pytest.skip("this numpy has no bundled OpenBLAS")
+    assert theirs["OPENBLAS_THREAD_TIMEOUT at its load"] is None, theirs
+    assert len(warnings) == 1 and "OPENBLAS_THREAD_TIMEOUT" in warnings[0], warnings
+
+
 # A fatal signal in one of Jittor's kernel compile threads (use_parallel_op_compiler > 0):
 # the child below compiles three new kernels (new each run: nothing cached) in one sync,
 # and a watcher process sends SIGSEGV to compile thread C0 (the first thread created after
@@ -280,3 +389,45 @@ def test_a_child_ended_by_a_signal_ends_a_jittor_process_unless_replaced(mode, s
     else:  # Jittor's SIGCHLD handler: "maybe out of memory", quick_exit(1)
         assert out.returncode == 1 and "still here" not in out.stdout, out.stdout
         assert "Caught SIGCHLD" in out.stderr, out.stderr[-2000:]
+
+
+_START = r"""
+import json, os, signal, sys, time
+import jseg, jittor_utils
+if sys.argv[1] == "warn":  # Jittor's Python info lines of the start become warnings
+    jittor_utils.Logwrapper.i = lambda self, *msg: self._log("w", 0, *msg)
+import jittor as jt
+jt.LOG.w("a warning after the start")
+try:  # Jittor's own handler would end the process here: "Caught SIGINT, quick exit", exit 1
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+    ctrl_c = "nothing"
+except KeyboardInterrupt:
+    ctrl_c = "KeyboardInterrupt"
+print(json.dumps({"log_silent": jt.flags.log_silent, "python logger silent": jt.LOG.log_silent,
+                  "Ctrl-C": ctrl_c}))
+"""
+
+
+def _start(code, *args, **extra_env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("log_silent", "JSEG_VERBOSE")}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         env={**environ, **extra_env}, cwd=ROOT, timeout=600,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout, out.stderr
+
+
+def test_jittor_starts_quietly_and_gives_ctrl_c_back():
+    """Jittor's start-up info lines are off (JSEG_VERBOSE=1: on); its warnings, those of the
+    start included, still show; Ctrl-C raises KeyboardInterrupt, not Jittor's quick exit."""
+    _, jseg_says = _start("import jseg")  # its own warnings, if any (e.g. no oneDNN)
+    out, err = _start(_START, "plain")
+    assert json.loads(out) == {"log_silent": 0, "python logger silent": 0,
+                               "Ctrl-C": "KeyboardInterrupt"}, out
+    assert err.startswith(jseg_says) and "cache_path:" not in err and "Load cc_path" not in err
+    assert err.count("\n") == jseg_says.count("\n") + 1 and "a warning after the start" in err
+    out, err = _start(_START, "warn")  # Python-side warnings of the start, C++ info lines
+    assert "cache_path:" in err and "Load cc_path" not in err, err
+    out, err = _start(_START, "plain", JSEG_VERBOSE="1")
+    assert "cache_path:" in err and "Load cc_path" in err and "a warning after the start" in err

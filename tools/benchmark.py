@@ -29,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402
 from jseg.checkpoint.zoo import is_remote  # noqa: E402
 from jseg.config import load_config  # noqa: E402  (jseg configures Jittor; no Jittor yet)
 from jseg.diagnostics.benchmark import (MODES, VS_ONNXRUNTIME_HINT, VS_TORCH_HINT,  # noqa: E402
@@ -106,4 +106,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -9,6 +9,7 @@ val: the files as read (original size, labels after reduce_zero_label).
 Each output is <index>_<name>.png: image | label colours over the image. Ignored pixels
 (255) are left as they are in the overlay.
 """
+import argparse
 import os
 import sys
 
@@ -17,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402
 from jseg.config import ConfigError, load_config  # noqa: E402
 from jseg.data.datasets import DataError, build_dataset  # noqa: E402
 from jseg.data.loader import epoch_permutation, sample_rng  # noqa: E402
@@ -57,15 +58,30 @@ def browse(config_file, split, out_dir, num, overrides=(), opacity=0.5, shuffle=
     return written
 
 
+def _count(text):
+    """argparse type of -n: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
+
+
 def main(argv=None):
     p = ToolParser(__doc__)
     p.add_argument("--config-file", required=True, help="config YAML")
     p.add_argument("--split", choices=("train", "val"), default="train")
     p.add_argument("--out-dir", required=True, help="folder for the PNG files")
-    p.add_argument("-n", "--num", type=int, default=8, help="number of samples (default: 8)")
+    p.add_argument("-n", "--num", type=_count, default=8,
+                   help="number of samples, 1 or more (default: 8; more than the split has: "
+                        "all of them)")
     p.add_argument("--opacity", type=float, default=0.5, help="label colour opacity (0.5)")
     p.add_argument("opts", nargs="*", help="config overrides KEY=VALUE")
     args = p.parse_args(argv)
+    if not 0.0 <= args.opacity <= 1.0:
+        p.error(f"--opacity must lie in [0, 1], got {args.opacity}")
     try:
         paths = browse(args.config_file, args.split, args.out_dir, args.num, args.opts,
                        args.opacity)
@@ -77,4 +93,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

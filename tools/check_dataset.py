@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jseg.config import ConfigError, load_config  # noqa: E402
 from jseg.data.check import check_dataset  # noqa: E402
 from jseg.data.datasets import DataError  # noqa: E402
-from jseg.utils.cli import BAD_INPUT, ToolParser  # noqa: E402
+from jseg.utils.cli import BAD_INPUT, ToolParser, run_main  # noqa: E402
 
 SPLITS = {"train": ("train",), "val": ("val",), "all": ("train", "val")}
 
@@ -75,12 +75,9 @@ def main(argv=None):
     except (ConfigError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return BAD_INPUT
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
     print(report.text(), flush=True)
     return report.exit_code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -5,14 +5,15 @@ the CUDA driver and toolkit (which one and why; cuBLAS / cuDNN) where there is a
     python tools/check_env.py --jsonl rows.jsonl   # also as environment rows of gpu_check
 
 Exits 1 with a hint when Jittor cannot start. The first run on a new machine
-compiles Jittor's core (a few minutes); later runs take about a second.
+compiles Jittor's core (a few minutes); later runs take about a second. Jittor's own
+start-up log (its paths, the compilers it found) is off; JSEG_VERBOSE=1 shows it.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jseg.utils.cli import ToolParser  # noqa: E402  (sets Jittor's env first)
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402  (sets Jittor's env first)
 from jseg.utils.env import environment_report  # noqa: E402
 
 _HINTS = (  # (text in Jittor's error, fix); the first match wins
@@ -58,4 +59,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

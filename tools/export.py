@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402
 from jseg.config import ConfigError, load_config  # noqa: E402  (jseg configures Jittor first)
 from jseg.checkpoint import CheckpointError  # noqa: E402
 from jseg.checkpoint.mapping import ConversionError  # noqa: E402
@@ -134,4 +134,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402
 from jseg.config import ConfigError, load_config  # noqa: E402  (jseg configures Jittor)
 
 
@@ -60,4 +60,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

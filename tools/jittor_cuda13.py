@@ -12,12 +12,12 @@ Each file's SHA-256 is checked first: another Jittor version or a file changed b
 someone else is refused and nothing is written. `--jittor-dir` points at another
 installation's `jittor` package directory.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402
 from jseg.utils import jittor_cuda13 as fix  # noqa: E402
 from jseg.utils.env import users_nvcc_path  # noqa: E402
 from jseg.utils.toolkit import nvcc_candidates  # noqa: E402
@@ -29,7 +29,7 @@ def _cuda13_nvcc():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ToolParser(__doc__, description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["check", "apply", "revert", "compile-check"])
     parser.add_argument("--jittor-dir", help="the jittor package directory (default: the "
                         "one this Python imports)")
@@ -81,4 +81,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

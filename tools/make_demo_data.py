@@ -12,7 +12,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402
 from jseg.data.demo import make_demo_data  # noqa: E402
 
 
@@ -38,4 +38,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402
 from jseg.config import load_config  # noqa: E402  (jseg configures Jittor)
 from jseg.checkpoint.zoo import fetch_source, is_remote  # noqa: E402
 
@@ -128,4 +128,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script from a checkout: make `import jseg` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jseg.utils.cli import ToolParser  # noqa: E402  (jseg configures Jittor first)
+from jseg.utils.cli import ToolParser, run_main  # noqa: E402  (jseg configures Jittor first)
 from jseg.checkpoint import CheckpointError  # noqa: E402
 from jseg.checkpoint.convert import convert_checkpoint  # noqa: E402
 from jseg.checkpoint.mapping import FORMATS, ConversionError  # noqa: E402
@@ -54,4 +54,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -34,6 +34,7 @@ own `read_label`. Only numpy, Pillow, OpenCV and tqdm are imported here (no Jitt
 import collections
 import multiprocessing as mp
 import os
+import signal
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -199,6 +200,12 @@ def inspect_pair(pair, palette=()):
     return info
 
 
+def _ignore_sigint():
+    """Pool initializer: Ctrl-C in a terminal reaches the whole process group; the main
+    process says "interrupted" and ends the pool, the workers stay quiet."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _read_all(pairs, fn, workers, progress, desc):
     """Yield (pair, fn(pair)) in order, from `workers` processes when > 1, with a progress bar."""
     from tqdm import tqdm
@@ -212,7 +219,8 @@ def _read_all(pairs, fn, workers, progress, desc):
             return
         chunk = max(1, min(64, len(pairs) // (workers * 8)))
         method = "fork" if "fork" in mp.get_all_start_methods() else None
-        with mp.get_context(method).Pool(min(workers, len(pairs))) as pool:
+        with mp.get_context(method).Pool(min(workers, len(pairs)),
+                                         initializer=_ignore_sigint) as pool:
             for pair, info in zip(pairs, pool.imap(fn, pairs, chunksize=chunk)):
                 yield pair, info
                 bar.update()

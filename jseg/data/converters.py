@@ -12,6 +12,7 @@ Only numpy, OpenCV, Pillow and tqdm are imported here (no Jittor).
 """
 import multiprocessing as mp
 import os
+import signal
 import sys
 
 import cv2
@@ -235,6 +236,12 @@ def decode_coco_rle(rle):
 # ---------------------------------------------------------------------------
 # Running many independent jobs with a progress bar.
 
+def _ignore_sigint():
+    """Pool initializer: Ctrl-C in a terminal reaches the whole process group; the main
+    process says "interrupted" and ends the pool, the workers stay quiet."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_tasks(fn, items, nproc=1, desc="converting", unit="file"):
     """Apply `fn` to every item, in `nproc` processes when > 1, showing a tqdm progress bar.
 
@@ -254,7 +261,7 @@ def run_tasks(fn, items, nproc=1, desc="converting", unit="file"):
         else:
             chunk = max(1, min(16, len(items) // (nproc * 8)))
             method = "fork" if "fork" in mp.get_all_start_methods() else None
-            with mp.get_context(method).Pool(nproc) as pool:
+            with mp.get_context(method).Pool(nproc, initializer=_ignore_sigint) as pool:
                 for res in pool.imap(fn, items, chunksize=chunk):
                     results.append(res)
                     bar.update()

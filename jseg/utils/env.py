@@ -2,7 +2,9 @@
 
 Jittor reads its settings from environment variables when it is first imported,
 so `configure_jittor()` must run before `import jittor`; `jseg/__init__.py`
-calls it, which makes every `import jseg...` safe. It decides four things:
+calls it, which makes every `import jseg...` safe (after `import jittor`,
+`adopt_imported_jittor` sets what Jittor still reads and warns about the rest). It
+decides four things:
 
 - device and CUDA toolkit (`jseg.utils.toolkit`): without an NVIDIA driver (no
   `/dev/nvidia*`, no `libcuda.so.1`) Jittor is told there is no nvcc, so it starts on
@@ -21,23 +23,34 @@ calls it, which makes every `import jseg...` safe. It decides four things:
 - OpenMP threads that wait spin 1000 rounds, not GNU OpenMP's 300,000, before they
   sleep (`GOMP_SPINCOUNT`), so that a busy neighbour on the same cores costs at
   most about 2x, see `configure_jittor`.
+- Jittor's start-up log is off unless `JSEG_VERBOSE=1`, and after `import jittor`
+  Ctrl-C raises KeyboardInterrupt again (Jittor's handler quits at once), see
+  `_quiet_jittor_start`.
 """
+import contextlib
 import ctypes
 import glob
 import importlib.util
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 __all__ = ["configure_jittor", "gpu_available", "no_gpu_reason", "onednn_source", "init_device", "cuda_toolkit",
            "users_nvcc_path", "cuda_settings", "replace_jittor_signal_handlers",
-           "environment_report", "restore_openmp_defaults", "DNNL_ARCHIVE", "OPENMP_SPINCOUNT"]
+           "environment_report", "restore_openmp_defaults", "adopt_imported_jittor",
+           "DNNL_ARCHIVE", "OPENMP_SPINCOUNT"]
 
 logger = logging.getLogger(__name__)
 
 DNNL_ARCHIVE = "dnnl_lnx_2.2.0_cpu_gomp"  # the oneDNN build Jittor 1.3 looks for
 OPENMP_SPINCOUNT = "1000"
+# what jittor-before-jseg costs (GOMP_SPINCOUNT missed), for its warning: SegNeXt-T
+# 512x512 CPU inference (tools/benchmark.py, 2-core Xeon, quiet) 164-166 vs 121-129 ms;
+# beside one busy process the long spin cost 776 vs 428 ms (see configure_jittor)
+IMPORT_ORDER_COST = ("SegNeXt-T 512x512 CPU inference measured 165 ms instead of 125 on 2 "
+                     "cores, 1.8x slower beside a busy process")
 _configured = False
 _spincount_set_here = False
 _toolkit = None
@@ -141,8 +154,7 @@ def configure_jittor():
     _configured = True
     _users_nvcc_path = os.environ.get("nvcc_path")
     if "jittor" in sys.modules:
-        logger.warning("jittor was imported before jseg; jseg could not choose its "
-                       "device and oneDNN settings (import jseg first)")
+        adopt_imported_jittor()
         return
     # Jittor imports torch at start-up when it is installed (FIX_TORCH_ERROR), which
     # loads a second OpenMP and oneDNN into every process and changes os.RTLD_GLOBAL;
@@ -182,9 +194,160 @@ def configure_jittor():
             "oneDNN not found (neither in %s nor from the 'jittor-offline' package); "
             "running without it, CPU convolutions will be about 40x slower. "
             "Fix: pip install jittor-offline==0.0.7", _jittor_home() / "mkl")
+    _quiet_jittor_start()
+
+
+def _quiet_jittor_start():
+    """Keep Jittor's start-up log (ten lines: its paths, the compilers it found) off stderr
+    unless JSEG_VERBOSE=1, so that a tool's error is its only line; and give Ctrl-C back
+    to Python once Jittor has started.
+
+    Jittor's core reads `log_silent` once, when it loads; set here, it drops the core's info
+    and warning lines during the start. Its errors still print and raise, and kernel-compile
+    progress is written directly, so both still show. A hook on `import jittor` then:
+    - keeps Jittor's Python logger on from the start: under log_silent it would swallow
+      Jittor's own errors (a missing CUDA library; "jit_utils updated, please rerun your
+      command" before it exits 0); its info lines still pass through the silenced core;
+    - once `import jittor` returns, turns the core's warnings back on (`flags.log_silent`)
+      and prints those of the start (e.g. "CUDA found but cub is not loaded"), which the
+      core kept (`log_capture_start`) while it dropped them;
+    - puts back the SIGINT handler that Python had: Jittor's ends the process at once
+      ("Caught SIGINT, quick exit", exit 1), skipping `finally` blocks, so a tool could not
+      clean up or say "interrupted".
+    """
+    # "01": silent like any non-zero value; the leading zero says that jseg set it, so that a
+    # child process, which inherits it, does not take it for the user's own setting
+    quiet = os.environ.get("log_silent", "01") == "01"
+    if quiet and os.environ.get("JSEG_VERBOSE", "0") not in ("", "0"):
+        os.environ.pop("log_silent", None)
+        quiet = False
+    elif quiet:
+        os.environ["log_silent"] = "01"
+    sys.meta_path.insert(0, _AfterJittorImport(quiet))
+
+
+class _AfterJittorImport:
+    """Import hook of `_quiet_jittor_start`: imports jittor as usual, around the steps there
+    (`quiet`: log_silent was set there, not by the user)."""
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "jittor":
+            return None
+        sys.meta_path.remove(self)  # one use; find_spec below asks the other finders
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            import signal
+            import jittor_utils  # jittor's first import; reads the environment set above
+            sigint = signal.getsignal(signal.SIGINT)
+            try:
+                if not self.quiet:
+                    run(module)
+                    return
+                jittor_utils.LOG.log_silent = 0
+                with _start_warnings(jittor_utils) as warnings:
+                    run(module)
+                module.flags.log_silent = 0
+                for fileline, message in warnings:
+                    jittor_utils.cc.log(fileline, "w", 0, message)
+            finally:
+                if sigint is not None and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGINT, sigint)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+@contextlib.contextmanager
+def _start_warnings(jittor_utils):
+    """Collect the warnings that Jittor's core logs (silenced) in the block, from the moment
+    it is loaded: yields a list of (file:line, message), filled when the block ends."""
+    load = jittor_utils.try_import_jit_utils_core
+
+    def load_and_capture(*args, **kwargs):
+        load(*args, **kwargs)
+        if jittor_utils.cc is not None:
+            jittor_utils.cc.log_capture_start()
+
+    jittor_utils.try_import_jit_utils_core = load_and_capture
+    warnings = []
+    try:
+        yield warnings
+    finally:
+        jittor_utils.try_import_jit_utils_core = load
+        if jittor_utils.cc is not None:
+            warnings += [(f"{r['name']}:{r['lineno']}", r["msg"])
+                         for r in jittor_utils.cc.log_capture_read() if r.get("level") == "w"]
+            jittor_utils.cc.log_capture_stop()
 
 
 OPENBLAS_THREAD_TIMEOUT = "4"  # 2^4 cycles of polling: the minimum OpenBLAS accepts
+
+
+def _mapped_files():
+    """Paths of the shared libraries loaded in this process (empty where /proc is missing)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            rows = [line.split(None, 5) for line in maps]  # address perms offset dev inode path
+    except OSError:
+        return set()
+    return {row[5].strip() for row in rows if len(row) == 6 and row[5].startswith("/")}
+
+
+def adopt_imported_jittor():
+    """`configure_jittor` when Jittor is already imported: take over what still takes effect
+    now and warn once, with its cost and the fix, about what does not. Returns the list of
+    settings missed (empty: none, no warning).
+
+    Taken over, as `configure_jittor` would have set them (a value the user set is kept):
+    - `use_parallel_op_compiler=0`: Jittor reads this flag at every compile;
+    - `OPENBLAS_THREAD_TIMEOUT=4`: read when an OpenBLAS loads, and jseg's scipy-openblas32
+      loads after this (`jseg.utils.openblas`); numpy's (loaded with Jittor) keeps its
+      default, which matters where jseg uses it (`JSEG_OPENBLAS=numpy`, or no
+      scipy-openblas32).
+    Missed, because they are read when Jittor loads and never again:
+    - `GOMP_SPINCOUNT`: GNU OpenMP reads it when it loads (with Jittor's oneDNN), and has
+      no call to change it later; its threads then spin 300,000 rounds between the kernels,
+      against the OpenBLAS threads of the matmuls and against any other busy process;
+    - `FIX_TORCH_ERROR=0`: Jittor has imported torch if it is installed (memory; see
+      `configure_jittor` for the crashes);
+    - the CUDA toolkit (`nvcc_path`, `use_cutlass`, `use_nccl`) on a machine with a GPU.
+    The device, oneDNN and which kernels jseg.ops picks are the same either way (Jittor
+    loads oneDNN from its cache or jittor-offline by itself).
+    """
+    import jittor as jt
+    import jittor.compile_extern as extern
+
+    from . import openblas
+
+    if "use_parallel_op_compiler" not in os.environ:
+        os.environ["use_parallel_op_compiler"] = "0"
+        jt.flags.use_parallel_op_compiler = 0
+    missed = []
+    if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        missed.append(f"OpenMP threads spin 300,000 rounds, not {OPENMP_SPINCOUNT} "
+                      f"(GOMP_SPINCOUNT; {IMPORT_ORDER_COST})")
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        loaded = _mapped_files()
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_THREAD_TIMEOUT
+        blas = openblas.library()  # loads it now, with the timeout, unless numpy's
+        if blas is not None and blas.path in loaded:
+            missed.append(f"{blas.name}'s idle threads poll ~0.1 s after each matmul "
+                          f"(OPENBLAS_THREAD_TIMEOUT)")
+    if getattr(extern, "FIX_TORCH_ERROR", 0) and "torch" in sys.modules:
+        missed.append("Jittor imported torch beside itself (FIX_TORCH_ERROR; ~180 MB)")
+    if gpu_available() and _users_nvcc_path is None:
+        missed.append("Jittor chose its own CUDA toolkit, not jseg's")
+    if missed:
+        logger.warning("jittor was imported before jseg: %s. Fix: import jseg before jittor",
+                       "; ".join(missed))
+    return missed
 
 
 def restore_openmp_defaults():

@@ -21,6 +21,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from jseg.utils.cli import run_main  # noqa: E402
 from jseg.data.converters import (ConvertError, converter_parser, find_files,  # noqa: E402
                                   is_complete, require_dir, run_cli, run_tasks,
                                   write_bytes, write_lines)
@@ -113,4 +114,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

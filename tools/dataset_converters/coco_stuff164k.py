@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jseg.utils.cli import run_main  # noqa: E402
 from jseg.data.converters import (ConvertError, converter_parser, id_lut, is_complete,  # noqa: E402
                                   require_dir, run_cli, run_tasks, write_png)
 
@@ -94,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
+from jseg.utils.cli import run_main  # noqa: E402
 from jseg.data.converters import (ConvertError, converter_parser, colours_to_ids,  # noqa: E402
                                   decode_image, find_files, is_complete, require_dir,
                                   run_cli, run_tasks, write_bytes, write_png)
@@ -251,4 +252,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
+from jseg.utils.cli import run_main  # noqa: E402
 from jseg.data.converters import (ConvertError, converter_parser, decode_coco_rle,  # noqa: E402
                                   is_complete, require_dir, require_file, run_cli,
                                   run_tasks, write_lines, write_png)
@@ -150,4 +151,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
+from jseg.utils.cli import run_main  # noqa: E402
 from jseg.data.converters import (ConvertError, converter_parser, find_files,  # noqa: E402
                                   is_complete, require_dir, require_file, run_tasks,
                                   run_cli, write_lines, write_png)
@@ -138,4 +139,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
