@@ -9,7 +9,6 @@ val: the files as read (original size, labels after reduce_zero_label).
 Each output is <index>_<name>.png: image | label colours over the image. Ignored pixels
 (255) are left as they are in the overlay.
 """
-import argparse
 import os
 import sys
 
@@ -18,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
+from jseg.utils.cli import ToolParser, positive_int, run_main  # noqa: E402
 from jseg.config import ConfigError, load_config  # noqa: E402
 from jseg.data.datasets import DataError, build_dataset  # noqa: E402
 from jseg.data.loader import epoch_permutation, sample_rng  # noqa: E402
@@ -58,23 +57,12 @@ def browse(config_file, split, out_dir, num, overrides=(), opacity=0.5, shuffle=
     return written
 
 
-def _count(text):
-    """argparse type of -n: a whole number >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return n
-
-
 def main(argv=None):
     p = ToolParser(__doc__)
     p.add_argument("--config-file", required=True, help="config YAML")
     p.add_argument("--split", choices=("train", "val"), default="train")
     p.add_argument("--out-dir", required=True, help="folder for the PNG files")
-    p.add_argument("-n", "--num", type=_count, default=8,
+    p.add_argument("-n", "--num", type=positive_int, default=8,
                    help="number of samples, 1 or more (default: 8; more than the split has: "
                         "all of them)")
     p.add_argument("--opacity", type=float, default=0.5, help="label colour opacity (0.5)")

@@ -34,7 +34,6 @@ truncation); labels are decoded as the loader does. Standard split sizes: ADE20K
 20,210 / 2,000, Cityscapes 2,975 / 500, Pascal VOC aug 10,582 / 1,449, COCO-Stuff 164k
 118,287 / 5,000, Pascal Context 59 4,996 / 5,104; iSAID patches and custom data: counts only.
 """
-import argparse
 import os
 import sys
 
@@ -43,19 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jseg.config import ConfigError, load_config  # noqa: E402
 from jseg.data.check import check_dataset  # noqa: E402
 from jseg.data.datasets import DataError  # noqa: E402
-from jseg.utils.cli import BAD_INPUT, ToolParser, run_main  # noqa: E402
+from jseg.utils.cli import BAD_INPUT, ToolParser, positive_int, run_main  # noqa: E402
 
 SPLITS = {"train": ("train",), "val": ("val",), "all": ("train", "val")}
-
-
-def _workers(text):
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--workers must be a whole number >= 1, got {text!r}")
-    return n
 
 
 def main(argv=None):
@@ -63,7 +52,7 @@ def main(argv=None):
     p.add_argument("--config-file", required=True, help="config YAML")
     p.add_argument("--split", choices=sorted(SPLITS), default="all",
                    help="which split to check (default: all)")
-    p.add_argument("--workers", type=_workers, default=min(8, os.cpu_count() or 1),
+    p.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1),
                    help="worker processes reading the files (default: min(8, CPU count))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("opts", nargs="*", help="config overrides KEY=VALUE")

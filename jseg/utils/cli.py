@@ -10,7 +10,7 @@ imports Jittor, see `jseg.utils.env`).
 import argparse
 import sys
 
-__all__ = ["ToolParser", "run_main", "BAD_INPUT", "INTERRUPTED"]
+__all__ = ["ToolParser", "run_main", "positive_int", "BAD_INPUT", "INTERRUPTED"]
 
 BAD_INPUT = 1  # exit code for any bad input
 INTERRUPTED = 130  # exit code after Ctrl-C: 128 + SIGINT, as a shell reports a process it ended
@@ -32,6 +32,17 @@ class ToolParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(BAD_INPUT, f"error: {message} (see --help)\n")
+
+
+def positive_int(text):
+    """argparse type: a whole number >= 1 (counts such as -n or --workers)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
 
 
 def run_main(main):
