@@ -385,8 +385,8 @@ def test_a_second_signal_stops_at_once():
     """The first SIGTERM only asks the loop to stop; a second one ends the process by the
     signal (exit -15 here, 143 in a shell), with one line saying so."""
     code = ("import os, signal\n"
-            "from jseg.engine.trainer import _StopSignals\n"
-            "with _StopSignals() as stop:\n"
+            "from jseg.engine.stop import StopSignals\n"
+            "with StopSignals() as stop:\n"
             "    os.kill(os.getpid(), signal.SIGTERM)\n"
             "    assert stop.requested(1) == signal.SIGTERM\n"
             "    print('first signal noted', flush=True)\n"
@@ -416,7 +416,7 @@ def test_backbone_initialisation_loads_the_backbone_only(tmp_path):
     """model.backbone.pretrained: backbone keys load (with or without the backbone. prefix),
     extra keys (a decode head, an ImageNet classifier) are ignored, the head keeps its init."""
     from jseg.checkpoint import write_checkpoint
-    from jseg.engine.trainer import _load_backbone_init
+    from jseg.checkpoint import load_backbone_init
 
     _, model, backbone = _backbone_pair()
     head_before = model.decode_head.conv_seg.weight.numpy().copy()
@@ -424,7 +424,7 @@ def test_backbone_initialisation_loads_the_backbone_only(tmp_path):
     for name, state in (("plain.pkl", {**backbone, **classifier}),
                         ("prefixed.pkl", {f"backbone.{k}": v for k, v in backbone.items()})):
         write_checkpoint(str(tmp_path / name), {"state_dict": state})
-        _load_backbone_init(model, str(tmp_path / name))
+        load_backbone_init(model, str(tmp_path / name))
         for k, v in model.backbone.state_dict().items():
             np.testing.assert_array_equal(v.numpy(), backbone[k], err_msg=k)
         np.testing.assert_array_equal(model.decode_head.conv_seg.weight.numpy(), head_before)
@@ -432,11 +432,11 @@ def test_backbone_initialisation_loads_the_backbone_only(tmp_path):
 
 def test_backbone_initialisation_refuses_partial_matches(tmp_path, caplog):
     """Fewer than all MSCAN tensors matched (a stage missing, another variant's shapes, an
-    unconverted PyTorch layout): TrainingError with the per-stage report and the fix, nothing
+    unconverted PyTorch layout): WeightsMismatchError with the per-stage report and the fix, nothing
     loaded; with strict=False (model.backbone.pretrained_strict=false) the matched tensors load
     and the rest keep their init, with a warning."""
     from jseg.checkpoint import write_checkpoint
-    from jseg.engine.trainer import TrainingError, _load_backbone_init
+    from jseg.checkpoint import WeightsMismatchError, load_backbone_init
 
     _, model, backbone = _backbone_pair()
     before = {k: v.numpy().copy() for k, v in model.backbone.state_dict().items()}
@@ -456,14 +456,14 @@ def test_backbone_initialisation_refuses_partial_matches(tmp_path, caplog):
     }
     for name, (state, message) in cases.items():
         write_checkpoint(str(tmp_path / name), {"state_dict": state})
-        with pytest.raises(TrainingError, match=message) as err:
-            _load_backbone_init(model, str(tmp_path / name))
+        with pytest.raises(WeightsMismatchError, match=message) as err:
+            load_backbone_init(model, str(tmp_path / name))
         assert "model.backbone.pretrained_strict=false" in str(err.value)
         for k, v in model.backbone.state_dict().items():  # nothing was loaded
             np.testing.assert_array_equal(v.numpy(), before[k], err_msg=k)
 
     with caplog.at_level("WARNING", logger="jseg"):
-        _load_backbone_init(model, str(tmp_path / "no_stage4.pkl"), strict=False)
+        load_backbone_init(model, str(tmp_path / "no_stage4.pkl"), strict=False)
     assert "pretrained_strict is false" in caplog.text
     for k, v in model.backbone.state_dict().items():
         expected = before[k] if k.startswith(("patch_embed4.", "block4.", "norm4.")) else backbone[k]

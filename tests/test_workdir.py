@@ -281,8 +281,8 @@ def test_training_logs_show_progress_with_time_left(six_iterations):
 
 
 def test_log_files_never_share_a_name(tmp_path):
-    from jseg.engine.trainer import _RunLog
-    first, second = _RunLog(True), _RunLog(True)
+    from jseg.engine.runlog import RunLog
+    first, second = RunLog(True), RunLog(True)
     try:
         first.open(str(tmp_path))
         second.open(str(tmp_path))

@@ -229,14 +229,14 @@ def test_pretrained_backbone_and_urls_from_the_zoo(monkeypatch, server, fixtures
     carries the hash prefix is checked by it; an unknown name lists the known ones."""
     import jittor as jt
     from jseg.config import load_config
-    from jseg.engine.trainer import _load_backbone_init
+    from jseg.checkpoint import load_backbone_init
     from jseg.models import build_model
 
     data = fixtures["blobs"]["imagenet"]
     _serve(monkeypatch, server, "mscan_t", data, tmp_path)
     jt.set_global_seed(3)
     model = build_model(load_config(T_CONFIG).model)
-    _load_backbone_init(model, "zoo:mscan_t")
+    load_backbone_init(model, "zoo:mscan_t")
     for k, v in model.backbone.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), fixtures["state"]["backbone." + k], err_msg=k)
 

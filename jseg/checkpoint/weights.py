@@ -7,6 +7,8 @@ loading goes through `load_state_dict` here.
 import logging
 import os
 import re
+import time
+import uuid
 
 import numpy as np
 
@@ -16,13 +18,18 @@ from .zoo import fetch_weights, is_remote
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WeightsMismatchError", "load_state_dict", "load_weights", "read_checkpoint",
-           "read_training_checkpoint", "check_optimizer_state", "write_checkpoint",
+__all__ = ["WeightsMismatchError", "NonFiniteError", "load_state_dict", "load_weights",
+           "load_backbone_init", "read_checkpoint", "read_training_checkpoint",
+           "save_training_checkpoint", "check_optimizer_state", "write_checkpoint",
            "find_checkpoints", "checkpoint_name", "checkpoint_iteration"]
 
 
 class WeightsMismatchError(ValueError):
     """A state dict does not fit the model; the message lists every bad key."""
+
+
+class NonFiniteError(CheckpointError):
+    """A checkpoint would hold NaN or infinite values; nothing was written."""
 
 
 def _describe(keys, limit=8):
@@ -75,6 +82,61 @@ def load_state_dict(model, state_dict, strict=True, source="the state dict"):
             var = own[key]
             var.update(jt.array(np.asarray(value).astype(str(var.dtype), copy=False)))
     return missing, unexpected
+
+
+def _stage_of(key):
+    """'block2.0.attn.proj_1.weight' -> 2 (patch_embed{i}, block{i}, norm{i} of MSCAN)."""
+    found = re.match(r"(?:patch_embed|block|norm)(\d+)\.", key)
+    return int(found.group(1)) if found else 0
+
+
+def load_backbone_init(model, path, strict=True):
+    """Initialise the backbone from `path` (a converted ImageNet MSCAN, a segmentor whose
+    `backbone.*` keys are taken, or zoo:mscan_*), reporting the tensors matched per stage.
+
+    strict: refuse (WeightsMismatchError) unless every MSCAN tensor is matched by name and shape;
+    otherwise load what matches and warn about the rest, which keeps its random init.
+    """
+    state, _ = read_checkpoint(path)
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    own = {k: tuple(v.shape) for k, v in model.backbone.state_dict().items()}
+    matched = {k for k, v in state.items() if own.get(k) == tuple(np.shape(v))}
+    misshaped = sorted(k for k in state if k in own and k not in matched)
+    missing = sorted(k for k in own if k not in matched)
+    stages = sorted({_stage_of(k) for k in own})
+    per_stage = ", ".join(
+        f"stage {i} {sum(_stage_of(k) == i for k in matched)}/"
+        f"{sum(_stage_of(k) == i for k in own)}" for i in stages)
+    report = (f"backbone init from {path}: {len(matched)}/{len(own)} MSCAN tensors matched "
+              f"({per_stage})")
+    if missing:
+        parts = [f"{len(missing)} not matched (e.g. {', '.join(missing[:3])})"]
+        if misshaped:
+            k = misshaped[0]
+            parts.append(f"{len(misshaped)} of them have another shape ({k}: file "
+                         f"{tuple(np.shape(state[k]))} vs model {own[k]}), weights of another "
+                         "MSCAN variant")
+        if any(".mlp.dwconv.dwconv." in k or k.endswith("num_batches_tracked") for k in state):
+            parts.append("the file is in a PyTorch layout: convert it first with "
+                         "python weights_convert/convert.py SRC DST --format imagenet")
+        if not strict:
+            logger.warning("%s; %s; model.backbone.pretrained_strict is false, so these keep "
+                           "their random initialisation", report, "; ".join(parts))
+        else:
+            raise WeightsMismatchError(
+                f"{report}; {'; '.join(parts)}. Use weights of this variant converted by "
+                "weights_convert (or zoo:mscan_t/s/b/l), or set "
+                "model.backbone.pretrained_strict=false to train knowingly with the "
+                "unmatched tensors at their random initialisation")
+    else:
+        logger.info(report)
+    load_state_dict(model.backbone, {k: state[k] for k in matched}, strict=False,
+                    source=f"{path} (backbone initialisation)")
+    ignored = len(state) - len(matched) - len(misshaped)
+    if ignored:
+        logger.info("backbone init: %d tensors of %s are not MSCAN's and were ignored (e.g. "
+                    "an ImageNet classifier or a decode head)", ignored, path)
 
 
 def _check_values(arrays, source):
@@ -183,3 +245,36 @@ def load_weights(model, path, strict=True):
     that holds a state dict in our key layout) into `model`; see load_state_dict."""
     state_dict, _ = read_checkpoint(path)
     return load_state_dict(model, state_dict, strict=strict, source=str(path))
+
+
+def save_training_checkpoint(path, state, optim, iteration, seed, config_yaml, amp=None, *,
+                             run_id=None, lineage=None):
+    """Write a resumable checkpoint, only if every weight and AdamW moment is finite.
+
+    state: {name: array} of the model; optim: the AdamW state {n_step, m, v}
+    (jseg.engine.optim.optimizer_state); config_yaml: the run's resolved config; amp: the
+    loss scaler's state or None. run_id / lineage: the run's identity and the checkpoint
+    names its lineage keeps (see `jseg.engine.workdir`). Raises NonFiniteError, writing
+    nothing, on non-finite values; OSError from the write (the earlier file at `path`, if
+    any, is unchanged).
+    """
+    from jseg import __version__
+
+    arrays = [(k, a) for k, a in state.items()] + \
+        [(f"AdamW {kind} of {k}", a) for kind in ("m", "v") for k, a in optim[kind].items()]
+    bad = [k for k, a in arrays if not np.isfinite(a).all()]
+    if bad:
+        raise NonFiniteError(
+            f"{len(bad)} of {len(arrays)} weight and AdamW tensors are NaN or infinite after "
+            f"iteration {iteration} (e.g. {', '.join(bad[:3])}); the step diverged, and the "
+            f"checkpoint was not written")
+    extra = {"amp": amp} if amp is not None else {}
+    write_checkpoint(path, {
+        **extra,
+        "meta": {"iter": int(iteration), "seed": int(seed), "jseg_version": __version__,
+                 "config": config_yaml, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "run_id": run_id or uuid.uuid4().hex,
+                 "checkpoints": list(lineage or [os.path.basename(path)])},
+        "state_dict": state,
+        "optimizer": optim,
+    })

@@ -28,8 +28,10 @@ import math
 
 import jittor as jt
 
+from jseg.checkpoint import CheckpointError
+
 __all__ = ["param_groups", "build_optimizer", "LrSchedule", "initial_lrs", "lr_at", "set_lr",
-           "grad_norm", "clip_grad_norm"]
+           "grad_norm", "clip_grad_norm", "optimizer_state", "restore_optimizer"]
 
 
 def _multipliers(name, paramwise):
@@ -194,3 +196,28 @@ def clip_grad_norm(optimizer, max_norm):
         for _, g in pairs:
             g.update(g * coef)
     return total
+
+
+def optimizer_state(optimizer):
+    """The AdamW state as arrays, for a checkpoint: {n_step, m: {name: array}, v: {...}}."""
+    state = {"n_step": int(optimizer.n_step), "m": {}, "v": {}}
+    for g in optimizer.param_groups:
+        for name, m, v in zip(g["names"], g["m"], g["values"]):
+            state["m"][name] = m.numpy()
+            state["v"][name] = v.numpy()
+    return state
+
+
+def restore_optimizer(optimizer, state, source):
+    """Put `optimizer_state`'s output (read from `source`) back; CheckpointError if it was
+    written for another model."""
+    names = [n for g in optimizer.param_groups for n in g["names"]]
+    missing = [n for n in names if n not in state["m"] or n not in state["v"]]
+    if missing:
+        raise CheckpointError(f"optimizer state in {source} lacks {len(missing)} parameters "
+                            f"(e.g. {missing[:3]}); it was written for another model")
+    for g in optimizer.param_groups:
+        for name, m, v in zip(g["names"], g["m"], g["values"]):
+            m.update(jt.array(state["m"][name]))
+            v.update(jt.array(state["v"][name]))
+    optimizer.n_step = int(state["n_step"])

@@ -14,11 +14,13 @@ import os
 
 import yaml
 
+from jseg.checkpoint import checkpoint_iteration
 from jseg.config import Config
+from jseg.data.loader import random_seed
 from jseg.utils.atomic import atomic_write
 
 __all__ = ["FREE_KEYS", "ResumeConfigError", "config_changes", "check_resume_config",
-           "keep_earlier_config"]
+           "keep_earlier_config", "resolve_seed", "resume_lineage"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,3 +117,30 @@ def keep_earlier_config(work_path, saved_yaml, iteration, new_yaml):
     logger.info("config.yaml changes; the config of iterations 1-%d is kept as %s",
                 iteration, path)
     return path
+
+
+def resolve_seed(seed, cfg, checkpoint, world):
+    """The run's seed, decided once: a resumed run's own (unless a change of it was
+    accepted, see check_resume_config), else `seed`, else cfg.seed, else a random one (rank
+    0's under MPI), logged so that the run can be repeated."""
+    if checkpoint is not None:
+        asked = seed if seed is not None else cfg.seed
+        return asked if asked is not None else checkpoint["meta"]["seed"]
+    if seed is None:
+        seed = cfg.seed
+    if seed is None:
+        seed = random_seed(world)
+        logger.info("no seed given; using seed %d (set seed=%d to repeat this run)", seed, seed)
+    return seed
+
+
+def resume_lineage(resume, ckpt, work):
+    """Checkpoint names in this work dir that the resumed run's lineage wrote."""
+    if os.path.realpath(os.path.dirname(os.path.abspath(resume))) != \
+            os.path.realpath(work.ckpt_dir):
+        return []  # resumed from elsewhere: nothing here is ours
+    names = ckpt["meta"].get("checkpoints")
+    if names is None:  # written before lineages were recorded: the folder was the run's
+        k = ckpt["meta"]["iter"]
+        names = [os.path.basename(p) for p in work.checkpoints() if checkpoint_iteration(p) <= k]
+    return names
