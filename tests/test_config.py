@@ -382,10 +382,10 @@ def test_schema_description_shows_the_rules():
 
 
 def test_dump_writes_through_the_atomic_writer(tmp_path, monkeypatch):
-    import jseg.config
+    import jseg.config.loading
     calls = []
-    real = jseg.config.atomic_write
-    monkeypatch.setattr(jseg.config, "atomic_write",
+    real = jseg.config.loading.atomic_write
+    monkeypatch.setattr(jseg.config.loading, "atomic_write",
                         lambda path, mode: calls.append((str(path), mode)) or real(path, mode))
     cfg = load_config(DEMO_CONFIG)
     dump_config(cfg, tmp_path / "sub" / "resolved.yaml")
