@@ -1,10 +1,10 @@
 """jseg: SegNeXt (arXiv 2209.08575) semantic segmentation in Jittor.
 
 Importing jseg prepares Jittor's start-up for this machine (CPU or GPU, oneDNN
-without downloads; see `jseg.utils.env`) before anything imports jittor. The
+without downloads; see `jseg.platform.env`) before anything imports jittor. The
 public API is loaded lazily so that config-only tools start without Jittor.
 """
-from .utils.env import configure_jittor
+from .platform.env import configure_jittor
 
 configure_jittor()
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .config import Config, load_config
 from .checkpoint import load_weights
-from .utils.env import init_device
+from .platform.env import init_device
 
 __all__ = ["init_model", "inference_model", "show_result", "load_rgb"]
 

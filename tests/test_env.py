@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import jseg.utils.env as env
+import jseg.platform.env as env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK_ENV = os.path.join(ROOT, "tools", "check_env.py")
@@ -74,7 +74,7 @@ def test_no_gpu_means_cpu_without_trying_cuda():
 
 
 def test_jseg_device_cpu_forces_cpu():
-    out = run_python("import jseg.utils.env as e; print(e.gpu_available())", JSEG_DEVICE="cpu")
+    out = run_python("import jseg.platform.env as e; print(e.gpu_available())", JSEG_DEVICE="cpu")
     assert out.stdout.strip() == "False", out.stderr
 
 
@@ -135,7 +135,7 @@ def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise(user, expect
     env_ = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     out = subprocess.run([sys.executable, "-c", "import jseg, os; "
                           "print(os.environ.get('GOMP_SPINCOUNT')); "
-                          "from jseg.utils.env import restore_openmp_defaults as r; r(); "
+                          "from jseg.platform.env import restore_openmp_defaults as r; r(); "
                           "print(os.environ.get('GOMP_SPINCOUNT'))"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300,
                          env=dict(env_, **user))
@@ -159,7 +159,7 @@ def test_openblas_threads_sleep_when_idle_unless_the_user_says_otherwise():
 def test_openblas_choice_follows_jseg_openblas():
     """scipy-openblas32 by default (numpy's bundled one when it is missing), numpy's with
     JSEG_OPENBLAS=numpy, none with =none; a bad value warns with the choices and is ignored."""
-    code = ("import jseg; from jseg.utils import openblas as o; b = o.library(); "
+    code = ("import jseg; from jseg.platform import openblas as o; b = o.library(); "
             "print(b.sgemm if b else None)")
     env = {k: v for k, v in os.environ.items() if k != "JSEG_OPENBLAS"}
 
@@ -305,7 +305,7 @@ os.environ["use_parallel_op_compiler"] = "2"
 import jseg
 import jittor as jt
 if sys.argv[1] == "replace":
-    from jseg.utils.env import replace_jittor_signal_handlers
+    from jseg.platform.env import replace_jittor_signal_handlers
     replace_jittor_signal_handlers()
 tag = f"{os.getpid()}_{time.time_ns()}"
 outs = [jt.code([4], "float32", [], cpu_src=f"// {tag} {i}\nfor (int j = 0; j < 4; j++) "
@@ -373,7 +373,7 @@ import subprocess, sys
 import jseg
 import jittor as jt
 if sys.argv[1] == "replace":
-    from jseg.utils.env import replace_jittor_signal_handlers
+    from jseg.platform.env import replace_jittor_signal_handlers
     replace_jittor_signal_handlers()
 subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
 print("still here", flush=True)

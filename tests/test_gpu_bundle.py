@@ -133,7 +133,7 @@ def test_the_jittor_group_holds_what_the_check_imports_beyond_the_host():
         "from jseg.engine import trainer, evaluator\n"
         "from jseg.models import build_model\n"
         "from jseg.data import loader, demo\n"
-        "import jseg.utils.openblas as o; o.set_threads(1)\n")
+        "import jseg.platform.openblas as o; o.set_threads(1)\n")
     missing = needed - gpu_bundle.HOST_PACKAGES - _names(gpu_bundle.JITTOR_SIDE) \
         - set(gpu_bundle.LEFT_OUT)
     assert not missing, f"imported, not on the host and not in the bundle: {sorted(missing)}"

@@ -155,7 +155,7 @@ def test_rows_done_earlier_are_not_run_again(tmp_path):
 
 def test_gate_stops_on_a_gpu_without_cuda_or_libraries():
     from jseg.diagnostics.gpu_check import GateError, cuda_gate
-    from jseg.utils.toolkit import Toolkit
+    from jseg.platform.toolkit import Toolkit
 
     cuda13 = Toolkit("/usr/local/cuda/bin/nvcc", (13, 0), "system", "CUDA 13.0, the only one")
     good = {"cuBLAS": "yes", "cuDNN": "yes"}

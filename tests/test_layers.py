@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FLOORS = {"utils": 0, "config": 1, "ops": 2, "models": 3, "data": 3, "checkpoint": 4,
+FLOORS = {"utils": 0, "config": 1, "platform": 1, "ops": 2, "models": 3, "data": 3, "checkpoint": 4,
           "engine": 5, "apis": 6, "export": 6,
           "diagnostics": 7}
 

@@ -358,7 +358,7 @@ def test_kernels_off_the_network_equals_the_kernels():
 def test_openblas_sgemm_equals_a_float64_matmul(which, trans_a, trans_b, monkeypatch):
     """Each OpenBLAS jseg can call (32-bit and 64-bit integers) gives the float64 product."""
     from jseg.ops import sgemm
-    from jseg.utils import openblas
+    from jseg.platform import openblas
     blas = {"scipy-openblas32": openblas._scipy_openblas32,
             "numpy": openblas._numpy_bundled}[which]()
     if blas is None:

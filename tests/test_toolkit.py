@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from jseg.utils import jittor_cuda13 as fix
-from jseg.utils import toolkit as tk
-from jseg.utils.toolkit import choose_toolkit
+from jseg.platform import jittor_cuda13 as fix
+from jseg.platform import toolkit as tk
+from jseg.platform.toolkit import choose_toolkit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "jittor_cuda13.py")
@@ -100,7 +100,7 @@ def test_detect_reads_driver_and_nvcc_versions(tmp_path, monkeypatch):
 
 
 def test_without_a_driver_jittor_gets_an_empty_nvcc_path():
-    code = "import jseg, os; from jseg.utils.env import cuda_toolkit as c; " \
+    code = "import jseg, os; from jseg.platform.env import cuda_toolkit as c; " \
            "print(repr(os.environ['nvcc_path']), c().source)"
     env = {k: v for k, v in os.environ.items() if k != "nvcc_path"}
     if tk.driver_cuda_version() is not None:
@@ -274,7 +274,7 @@ def test_full_cuda_compile_check():
 
 
 def test_jittor_settings_follow_the_toolkit():
-    from jseg.utils.env import cuda_settings
+    from jseg.platform.env import cuda_settings
 
     assert cuda_settings(choose_toolkit(None, [CUDA13])) == {"nvcc_path": ""}
     cuda12 = cuda_settings(choose_toolkit((13, 0), [CUDA12]))

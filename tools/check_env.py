@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jseg.utils.cli import ToolParser, run_main  # noqa: E402  (sets Jittor's env first)
-from jseg.utils.env import environment_report  # noqa: E402
+from jseg.platform.env import environment_report  # noqa: E402
 
 _HINTS = (  # (text in Jittor's error, fix); the first match wins
     ("Python.h", "install the Python headers (Debian: apt-get install python3-dev)"),

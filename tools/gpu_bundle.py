@@ -88,7 +88,7 @@ HOST_PACKAGES = frozenset({
 
 # Imported by jseg where installed, but left out on purpose (the bundle's size):
 LEFT_OUT = {
-    "scipy-openblas32": "jseg's CPU matmuls then use numpy's own OpenBLAS (jseg.utils.openblas); "
+    "scipy-openblas32": "jseg's CPU matmuls then use numpy's own OpenBLAS (jseg.platform.openblas); "
                         "the GPU check times the GPU",
 }
 

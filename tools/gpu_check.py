@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if glob.glob("/dev/nvidia[0-9]*"):  # before jseg sets Jittor's environment
     # Most of a first GPU run is nvcc compiling kernels: let Jittor compile a graph's
     # kernels on many threads here (jseg's default compiles on the calling thread, see
-    # jseg.utils.env); a value in the environment wins.
+    # jseg.platform.env); a value in the environment wins.
     os.environ.setdefault("use_parallel_op_compiler", str(min(16, os.cpu_count() or 1)))
 
 from jseg.utils.cli import ToolParser  # noqa: E402
@@ -74,7 +74,7 @@ def main(argv=None):
                      "earlier run)")
 
     from jseg.diagnostics import gpu_check as check
-    from jseg.utils.env import no_gpu_reason
+    from jseg.platform.env import no_gpu_reason
     if not args.quick:
         reason = no_gpu_reason()
         if reason:

@@ -405,7 +405,7 @@ def run_check(command, env, log, out, jsonl, left, skip_done=False):
     """Run gpu_check (`command`) with a deadline inside what `left()` says is left, teed
     into out/gpu_check.log. If it dies of a signal while Jittor compiled in parallel (a
     crash in a compile thread ends the process:
-    jseg.utils.env.replace_jittor_signal_handlers), the
+    jseg.platform.env.replace_jittor_signal_handlers), the
     rows it measured are kept and it runs again with --skip-done and serial compiles, time
     permitting. Returns (exit code, seconds of the last run)."""
     serial = env.get("use_parallel_op_compiler") == "0"

@@ -7,7 +7,7 @@
     python tools/jittor_cuda13.py compile-check       # build Jittor's CUDA part and SegNeXt-T's
                                                       # CUDA kernels with nvcc, no GPU needed
 
-What is changed and why: the hunks in `jseg/utils/jittor_cuda13.py` (README, "GPU").
+What is changed and why: the hunks in `jseg/platform/jittor_cuda13.py` (docs/gpu.md, "CUDA 13").
 Each file's SHA-256 is checked first: another Jittor version or a file changed by
 someone else is refused and nothing is written. `--jittor-dir` points at another
 installation's `jittor` package directory.
@@ -18,9 +18,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jseg.utils.cli import ToolParser, run_main  # noqa: E402
-from jseg.utils import jittor_cuda13 as fix  # noqa: E402
-from jseg.utils.env import users_nvcc_path  # noqa: E402
-from jseg.utils.toolkit import nvcc_candidates  # noqa: E402
+from jseg.platform import jittor_cuda13 as fix  # noqa: E402
+from jseg.platform.env import users_nvcc_path  # noqa: E402
+from jseg.platform.toolkit import nvcc_candidates  # noqa: E402
 
 
 def _cuda13_nvcc():

@@ -82,7 +82,7 @@ def run(args):
                           "--resume auto for the newest checkpoint of the work dir)")
 
     import jittor as jt  # jseg keeps Python's Ctrl-C (KeyboardInterrupt): a run stops
-    from jseg.utils.env import init_device  # between steps, checkpoints are written atomically
+    from jseg.platform.env import init_device  # between steps, checkpoints are written atomically
 
     setup_logging(jt.rank if jt.in_mpi else 0)
     try:

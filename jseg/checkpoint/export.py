@@ -1,24 +1,18 @@
 """Export our weights as an mmsegmentation 1.x checkpoint, without torch.
 
 SRC is one of our checkpoints (a converted weights file or a training checkpoint), read
-safely (`jseg.checkpoint.safe_pickle`). Its state dict must be a complete SegNeXt in our
-layout; the keys become mmseg 1.x's (`mapping.to_mmseg_state_dict`: the same names plus
-each BatchNorm's num_batches_tracked, with the values the converter kept, else 0), every
-floating-point tensor float32. DST is written atomically in torch.save's zip format
-(`jseg.checkpoint.torch_writer`), as mmengine lays out a checkpoint:
+safely; its state dict must be a complete SegNeXt in our layout. The keys become mmseg
+1.x's (`mapping.to_mmseg_state_dict`: the same names plus each BatchNorm's
+num_batches_tracked, with the values the converter kept, else 0), every floating-point
+tensor float32. DST is written atomically in torch.save's zip format (`torch_writer`), as
+mmengine lays out a checkpoint:
 
     {"meta": {"dataset_meta": {"classes": [...], "palette": [[r, g, b], ...]},
               "jseg_version": ..., "exporter": ..., "source_file": ..., "source_sha256": ...},
      "state_dict": OrderedDict(...)}
 
-`torch.load(DST, weights_only=True)` reads it, mmseg's model loads its state dict
-strictly, and `mmseg.apis.init_model(config, DST)` takes the classes and palette from
-`meta.dataset_meta` (without it mmseg guesses a dataset from the class count).
-
-Where the classes come from, first found: the checkpoint's meta ("classes", which the
-converter copies from an mmseg / mmcv source, and "palette"), the config file given, the
-config a training checkpoint carries in its meta. A palette not recorded with the classes
-is the config's (same classes), the benchmark's (same classes) or a fixed random one.
+`torch.load(DST, weights_only=True)` and mmseg's `init_model` read it; the classes and
+palette (see `_dataset_meta`) spare mmseg guessing a dataset from the class count.
 """
 import collections
 import os
@@ -76,7 +70,14 @@ def _fallback_palette(classes):
 
 
 def _dataset_meta(meta, config_file, src, log):
-    """(classes, palette, where they came from); see the module doc for the order."""
+    """(classes, palette, where they came from).
+
+    The classes come from, first found: the checkpoint's meta ("classes", which the
+    converter copies from an mmseg / mmcv source, and "palette"), the config file given,
+    the config a training checkpoint carries in its meta. A palette not recorded with the
+    classes is the config's (same classes), the benchmark's (same classes) or a fixed
+    random one. mmseg loads its model strictly; `mmseg.apis.init_model(config, DST)` takes
+    the classes and palette from `meta.dataset_meta`."""
     config = None
     if config_file is not None:
         config = _settings(load_config(config_file).data, f"the config {config_file}", log)

@@ -32,7 +32,7 @@ request over a pipe, and rounds alternate: J T, T J, J T, ... (the order flips e
 so slow drifts of machine load hit both alike). torch and Jittor can share a process
 (jseg.diagnostics.parity does), but a child gives each framework its own peak RSS and keeps their
 two OpenMP runtimes (the system's libgomp, torch's bundled one) in separate processes.
-For the same reason jseg starts Jittor with FIX_TORCH_ERROR=0 (`jseg.utils.env`): otherwise
+For the same reason jseg starts Jittor with FIX_TORCH_ERROR=0 (`jseg.platform.env`): otherwise
 `import jittor` imports torch whenever it is installed. The ratio printed is Jittor's median
 time / torch's median time. CPU only: the parity extra installs torch's CPU build.
 
@@ -59,7 +59,7 @@ import time
 
 import numpy as np
 
-from jseg.utils import openblas
+from jseg.platform import openblas
 
 __all__ = ["BenchmarkError", "MODES", "VS_TORCH_HINT", "VS_ONNXRUNTIME_HINT",
            "onnxruntime_available", "default_threads", "set_threads",
@@ -193,7 +193,7 @@ class JittorBench:
 
         from jseg.checkpoint import load_state_dict
         from jseg.models import build_model
-        from jseg.utils.env import init_device
+        from jseg.platform.env import init_device
 
         self.jt = jt
         self.mode = mode
@@ -339,7 +339,7 @@ class TorchProcess:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 # SIGTERM first: Jittor's SIGCHLD handler ends this process when a child
-                # ends by any other signal (jseg.utils.env.replace_jittor_signal_handlers)
+                # ends by any other signal (jseg.platform.env.replace_jittor_signal_handlers)
                 self.proc.terminate()
                 try:
                     self.proc.wait(timeout=10)
@@ -450,7 +450,7 @@ def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup
     GPU, for vs_onnxruntime without onnx / onnxruntime, in train or slide mode, or on GPU.
     """
     from jseg.checkpoint import read_checkpoint
-    from jseg.utils.env import environment_report, init_device
+    from jseg.platform.env import environment_report, init_device
 
     shape = tuple(shape)
     check_settings(mode, shape, batch, iters, warmup, floor)

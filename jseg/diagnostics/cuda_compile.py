@@ -1,21 +1,14 @@
 """Compile Jittor's CUDA part and SegNeXt's CUDA kernels with nvcc, on a machine without a GPU.
 
-nvcc compiles without a GPU, but Jittor only builds a kernel when it runs it, and it
-refuses to start CUDA without a driver. This check gives it a stand-in for the driver
-side: a CUDA runtime and CUDA libraries (cuBLAS, cuDNN, cuRAND, cuFFT, cuSPARSE) of the
-same names and symbols that say "one sm_90 device" and do nothing. Everything Jittor
-compiles is real: its core with `-DHAS_CUDA`, the CUDA extern sources and library ops
-(against the real headers, linked against the real symbol sets), cub and cutt, and every
-fused kernel that a SegNeXt-T forward, loss, backward and AdamW step generates. Nothing
-computed means anything; only that it compiled. On a machine with a GPU use
-`tools/gpu_check.py` instead.
-
-It needs: a CUDA nvcc (any version; the point is 13), the CUDA library headers and
-libraries (a full toolkit has all but cuDNN; pip wheels such as `nvidia-cublas`,
-`nvidia-cudnn-cu13`, `nvidia-curand`, `nvidia-cufft`, `nvidia-cusparse` are found in
-site-packages by themselves, or give `--cuda-libs DIR` with include/ and lib/), gcc and nm.
-Jittor's cache for the check lives in its own folder (default ~/.cache/jseg/cuda-compile-check),
-so a second run reuses what the first compiled.
+Jittor only builds a kernel when it runs it, and refuses to start CUDA without a driver.
+`compile_check` gives it stand-ins for the driver side: a CUDA runtime and CUDA libraries
+(cuBLAS, cuDNN, cuRAND, cuFFT, cuSPARSE) of the same names and symbols that say "one sm_90
+device" and do nothing. Everything Jittor compiles is real: its core with `-DHAS_CUDA`, the
+CUDA extern sources and library ops (against the real headers and symbol sets), cub and
+cutt, and every kernel of a SegNeXt-T training step and inference. Nothing computed means
+anything; only that it compiled. Needs nvcc, the CUDA library headers (or `--cuda-libs`),
+gcc and nm; its Jittor cache is its own (~/.cache/jseg/cuda-compile-check). Usage and a
+measured run: docs/gpu.md, "Checking the CUDA build without a GPU".
 """
 import json
 import os
@@ -26,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from jseg.utils.env import users_nvcc_path
-from jseg.utils.toolkit import (REQUIRED_LIBRARIES, build_toolkit_view, library_roots,
+from jseg.platform.env import users_nvcc_path
+from jseg.platform.toolkit import (REQUIRED_LIBRARIES, build_toolkit_view, library_roots,
                                 missing_libraries, nvcc_candidates, toolkit_root)
 
 __all__ = ["compile_check"]
@@ -260,7 +253,7 @@ def compile_check(jittor_directory, arch="90", cuda_libs=None, work_dir=None, co
     0 compiles on the calling thread; None: jseg's default, 0). fresh_kernels: delete the
     kernels an earlier check compiled (keeping Jittor's core and CUDA extern), so that the
     SegNeXt kernels are timed cold."""
-    from jseg.utils import jittor_cuda13
+    from jseg.platform import jittor_cuda13
 
     found = [(p, v) for p, v in nvcc_candidates(users_nvcc_path()) if v]
     if not found:

@@ -3,7 +3,7 @@ one printed and appended to a JSON-lines file the moment it is measured.
 
 Tasks (`plan_tasks`), most wanted first; each gives one or more rows
 (section, check, result, verdict) with verdict "ok", "FAIL", "info" or "skip":
-1. environment (`jseg.utils.env.environment_report`). On a GPU run it is also the gate
+1. environment (`jseg.platform.env.environment_report`). On a GPU run it is also the gate
    (`cuda_gate`): a GPU whose Jittor is not on CUDA, or runs without cuBLAS / cuDNN, stops
    the check at once (`GateError`) instead of timing the CPU in the GPU's place.
 2. logits: SegNeXt-T at `size` (512x512), seeded weights, pinned NMF bases, the GPU's logits
@@ -30,7 +30,7 @@ dumps the stacks 5 s before the deadline from C whatever holds the GIL, and tool
 kills the process a little after it. `done` (ids of tasks measured by an earlier run,
 `read_done`) are not run again. A fatal signal ends the process instead of hanging it in
 Jittor's handler, and a child ended by a signal does not end it
-(`jseg.utils.env.replace_jittor_signal_handlers`).
+(`jseg.platform.env.replace_jittor_signal_handlers`).
 
 `quick=True` is the CPU smoke run the tests use: 64x64, SegNeXt-T only, 4 steps; without a
 GPU the "GPU" side is the CPU with jseg's kernels off (`jseg.ops.disabled()`, the maths that
@@ -82,7 +82,7 @@ class GateError(RuntimeError):
 def cuda_gate(report, has_cuda, toolkit):
     """Raise GateError unless Jittor runs on CUDA with cuBLAS and cuDNN. `report` is
     `environment_report()`, `has_cuda` Jittor's `compiler.has_cuda`, `toolkit` the
-    `jseg.utils.toolkit.Toolkit` chosen."""
+    `jseg.platform.toolkit.Toolkit` chosen."""
     if not toolkit.uses_cuda:
         why = toolkit.problem or toolkit.reason
         raise GateError(f"a GPU is here but jseg chose no CUDA toolkit for Jittor: {why}")
@@ -458,7 +458,7 @@ def run_gpu_check(quick=False, variants=None, size=None, steps=None, iters=5, wi
     state = {}
 
     def environment():
-        from jseg.utils.env import environment_report, replace_jittor_signal_handlers
+        from jseg.platform.env import environment_report, replace_jittor_signal_handlers
         report = environment_report()
         import jittor as jt
         state["jt"], state["cuda"], state["report"] = jt, bool(jt.compiler.has_cuda), report
@@ -471,7 +471,7 @@ def run_gpu_check(quick=False, variants=None, size=None, steps=None, iters=5, wi
         return [Row("environment", k, v) for k, v in report.items()]
 
     def gate():
-        from jseg.utils.env import cuda_toolkit, gpu_available
+        from jseg.platform.env import cuda_toolkit, gpu_available
         if quick and not gpu_available():
             return [Row("environment", "GPU usable", "no GPU: quick CPU run")]
         cuda_gate(state["report"], state["cuda"], cuda_toolkit())

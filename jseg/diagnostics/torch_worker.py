@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from jseg.utils.env import restore_openmp_defaults
+from jseg.platform.env import restore_openmp_defaults
 
 from . import parity
 from .benchmark import BenchmarkError, _peak_rss_mb

@@ -5,16 +5,8 @@ The only state is the (num_classes, num_classes) int64 confusion matrix of the s
 does not grow with the dataset; `add` can be called per image or per batch, and the
 matrices of several processes simply add up (`merge`). mmseg's four areas per class are
 read off it (`areas`): the intersection is the diagonal, the label area a row sum, the
-prediction area a column sum.
-
-`compute(metrics)` gives what `IoUMetric.total_area_to_metrics` gives for
-`iou_metrics=metrics` (a subset of METRICS; beta 1, nan_to_num None), in percent:
-- aAcc: the share of labelled pixels predicted right (pixel accuracy over all classes);
-- per class: IoU and Acc (always; Acc is the recall), Dice with mDice, Fscore, Precision
-  and Recall with mFscore; nan where the denominator is 0 (a class absent from the labels
-  and the predictions has IoU nan; one absent from the labels has Acc nan);
-- the means mIoU, mAcc, mDice, mFscore, mPrecision, mRecall: nan-means over the classes.
-mmseg rounds every value to 2 decimals; `compute` does not, `format_table` prints 2.
+prediction area a column sum. `compute` gives what mmseg's `total_area_to_metrics` gives,
+in percent, unrounded (mmseg rounds to 2 decimals; `format_table` prints 2).
 """
 import math
 
@@ -79,6 +71,16 @@ class IoUAccumulator:
         metrics: a subset of METRICS, as mmseg's iou_metrics (mIoU is computed either way).
         Keys in order: aAcc, mIoU, mAcc[, mDice][, mFscore, mPrecision, mRecall], then the
         per-class arrays IoU, Acc[, Dice][, Fscore, Precision, Recall].
+
+        As `IoUMetric.total_area_to_metrics` for `iou_metrics=metrics` (beta 1, nan_to_num
+        None):
+        - aAcc: the share of labelled pixels predicted right (pixel accuracy over all classes);
+        - per class: IoU and Acc (always; Acc is the recall), Dice with mDice, Fscore,
+          Precision and Recall with mFscore; nan where the denominator is 0 (a class absent
+          from the labels and the predictions has IoU nan; one absent from the labels has
+          Acc nan);
+        - the means mIoU, mAcc, mDice, mFscore, mPrecision, mRecall: nan-means over the
+          classes.
         """
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:

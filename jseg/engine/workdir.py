@@ -2,20 +2,16 @@
 
     <work_dir>/config.yaml  train_<time>.log  metrics.jsonl  .train.lock
     <work_dir>/checkpoints/iter_XXXXXXXX.pkl
-    <work_dir>/confusion_matrix_iter_XXXXXXXX.{npy,png}  (each evaluation; --task val / test
-        write confusion_matrix.{npy,png}; see jseg.engine.evaluator.run_evaluation)
+    <work_dir>/confusion_matrix_iter_XXXXXXXX.{npy,png}  (see jseg.engine.evaluator)
 
-- One training per work dir: a run holds an exclusive `flock` on `.train.lock` while it
-  runs, and a second one is refused, naming the holder. The kernel drops the lock when
-  the holder ends however it ends (kill -9, OOM, power cut), so a crashed run never
-  leaves the folder locked.
-- Under the lock, temporary files that an interrupted atomic write left are removed.
-- A checkpoint is never overwritten or deleted by a run that did not write it: a fresh
-  run refuses a folder that already holds checkpoints, a resumed run refuses one holding
-  checkpoints from after its starting point, and pruning (`train.keep_checkpoints`)
-  removes only files of the run's own lineage. The lineage (the file names a run and the
-  runs it resumed have written and still keep) is stored in every checkpoint's meta,
-  so a resumed run prunes what its predecessor left, and nothing else.
+- One training per work dir: an exclusive `flock` on `.train.lock`, which the kernel drops
+  however the holder ends; a second run is refused, naming the holder. Under the lock,
+  temporary files that an interrupted atomic write left are removed.
+- A checkpoint is never overwritten or deleted by a run that did not write it: a fresh run
+  refuses a folder that already holds checkpoints, a resumed run one holding checkpoints
+  from after its starting point, and pruning (`train.keep_checkpoints`) removes only files
+  of the run's own lineage (the file names it and the runs it resumed wrote and still keep,
+  stored in every checkpoint's meta). Details: docs/training.md.
 """
 import fcntl
 import logging

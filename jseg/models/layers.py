@@ -1,20 +1,18 @@
 """Small building blocks shared by the SegNeXt encoder, decode head and segmentor.
 
-- `ConvModule`: conv -> optional GroupNorm -> optional ReLU, the decode head's brick.
-  Its children are named `conv`, `gn` and `activate` like mmcv's ConvModule, so the
-  decode head's state-dict keys match the PyTorch checkpoints (`squeeze.conv.weight`,
-  `squeeze.gn.bias`, ...).
+- `ConvModule`: conv -> optional GroupNorm -> optional ReLU, the decode head's brick. Its
+  children are named `conv`, `gn` and `activate` like mmcv's ConvModule, so the decode
+  head's state-dict keys match the PyTorch checkpoints (`squeeze.conv.weight`, ...).
 - The weight-initialisation rules of the references (mmcv/mmengine) as functions.
 - `resize`: bilinear resizing to an explicit size.
 - `BatchNorm2d`: Jittor's BatchNorm with PyTorch's (unbiased) running-variance update.
-- `PointwiseConv2d`: a 1x1 nn.Conv2d computed as 2-D matmuls on CPU (oneDNN's
-  matmul needs no NCHW <-> NHWC reorders, its convolution does).
+- `PointwiseConv2d`: a 1x1 nn.Conv2d computed as 2-D matmuls on CPU (OpenBLAS's sgemm
+  first, else Jittor's oneDNN one: a matmul needs no NCHW <-> NHWC reorders, a conv does).
 - `GELU`, `GroupNorm`: exact-erf GELU and GroupNorm.
 - `DepthwiseConv2d`: nn.Conv2d with groups == channels (same weights, same keys).
 
-Each layer's `execute` is the reference maths on Jittor's ops; where `jseg.ops` has a
-CPU kernel that applies (its `applies(...)`, which asks `jseg.ops.enabled()`), the layer
-runs that instead, with the same arithmetic.
+Each layer's `execute` is the reference maths on Jittor's ops; where a `jseg.ops` CPU kernel
+applies (`jseg.ops.enabled()` and its shapes) the layer runs that instead, same arithmetic.
 """
 import math
 
@@ -162,9 +160,10 @@ class DepthwiseConv2d(nn.Conv2d):
 class PointwiseConv2d(nn.Conv2d):
     """1x1 conv, (N, C_in, H, W) -> (N, C_out, H, W); an nn.Conv2d in every respect.
 
-    On CPU it computes weight (C_out, C_in) @ x[n] (C_in, H*W) per sample: Jittor sends
-    2-D matmuls (and their gradients) to oneDNN's sgemm, which works on NCHW data as it
-    is, while its convolution path reorders activations to NHWC and back every call.
+    On CPU it computes weight (C_out, C_in) @ x[n] (C_in, H*W) per sample (`jseg.ops.matmul`):
+    2-D matmuls (and their gradients) go to OpenBLAS's sgemm (`jseg.ops.sgemm`), else to
+    Jittor's, which is oneDNN's; an sgemm works on NCHW data as it is, while Jittor's
+    convolution path reorders activations to NHWC and back every call.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):

@@ -1,23 +1,17 @@
-"""MSCAN, the convolutional encoder of SegNeXt.
-
-SegNeXt: Rethinking Convolutional Attention Design for Semantic Segmentation
-(Guo et al., NeurIPS 2022, arXiv 2209.08575).
+"""MSCAN, the convolutional encoder of SegNeXt (Guo et al., *SegNeXt: Rethinking Convolutional
+Attention Design for Semantic Segmentation*, NeurIPS 2022, arXiv 2209.08575).
 
 Four stages at strides 4, 8, 16 and 32. Every stage starts with a stride-2 3x3 conv
 (`StemConv` = two of them for stage 1) and stacks `MSCABlock`s: BatchNorm, multi-scale
 convolutional attention (a 5x5 depthwise conv plus 1xk/kx1 strip convs for k = 7, 11, 21
 that gate the features), BatchNorm, a conv MLP with a 3x3 depthwise conv. Each stage ends
-with a LayerNorm over channels. `forward` returns all four stage outputs.
+with a LayerNorm over channels. `forward` returns all four stage outputs, (B, C_i, H_i, W_i):
+features stay NCHW between blocks (the references go through (B, N, C) tokens; same math).
 
 Attribute names equal the keys of mmsegmentation 1.x checkpoints (`patch_embed1.proj.0`,
 `block2.3.attn.proj_1`, `attn.spatial_gating_unit.conv1_2`, `mlp.dwconv`, `norm4`, ...),
 so `state_dict()` has exactly mmseg's keys minus `num_batches_tracked`. Never rename them.
 (The official repo and JSeg wrap the MLP depthwise conv once more: `mlp.dwconv.dwconv`.)
-
-Unlike the references, features stay (B, C, H, W) between blocks instead of going through
-(B, N, C) tokens; the stage-end LayerNorm normalises over the channels in place
-(jseg.ops.norm.channel_layer_norm; permuted to channels-last and back where the CPU
-kernels are off). Same math.
 """
 import math
 

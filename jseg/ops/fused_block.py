@@ -1,24 +1,18 @@
 """The MSCAN block with its biases and element-wise steps folded into neighbouring kernels.
 
-In the block every 1x1 conv is a matmul whose bias would cost a pass over memory of its
-own, and the element-wise steps after it (GELU, the attention gate, the layer-scaled
-residual, DropPath) one more each, on one core in Jittor's generated loops. Here each
-bias rides along with the step that follows it:
+Each 1x1 conv's bias rides along with the step that follows it, instead of a pass over
+memory of its own (plus one per element-wise step, on one core in Jittor's loops):
 
 - `bias_gelu(m, b)` = gelu(m + b)                        (proj_1 -> GELU)
 - `bias_gate(m, b, u)` = (m + b) * u                     (conv3 -> gating by u)
 - `scaled_residual(x, m, b, scale, s)` = x + scale * (m + b + s) [* DropPath mask]
-                                                         (proj_2 + shortcut, layer scale,
-                                                          DropPath, residual; fc2 without s)
-- the depthwise kernels take the strip branches' running sum and the MLP's fc1 bias and
-  GELU (`jseg.ops.depthwise`).
+  (proj_2 + shortcut, layer scale, DropPath, residual; fc2 without s)
+- `mlp_hidden`: fc1 -> depthwise 3x3 -> GELU, with fc1's bias and the GELU in the depthwise
+  kernel (`jseg.ops.depthwise`, which also sums the strip branches).
 
-`mscan_block(parts, x)` is the block (jseg.models.mscan.MSCABlock, whose module-by-module
-`execute` is the reference) written with these kernels; `mlp_hidden` is the MLP's
-fc1 -> depthwise 3x3 -> GELU. Tensors are (N, C, L) float32 with per-channel (C,) vectors;
-every kernel has a backward that also produces the per-channel gradients (one pass, one
-channel per task). tests/test_ops.py checks both against the modules, outputs and every
-gradient.
+`mscan_block(parts, x)` is jseg.models.mscan.MSCABlock (the reference) on these kernels.
+Tensors are (N, C, L) float32 with per-channel (C,) vectors; every kernel has a backward
+that also gives the per-channel gradients; tests/test_ops.py checks both.
 """
 from dataclasses import dataclass
 

@@ -22,7 +22,7 @@ def applies(*tensors):
 
 def mm(a, b, trans_a=False, trans_b=False):
     """op(a) @ op(b) of 2-D Vars, op = transpose where asked, without gradient: OpenBLAS
-    where one was found (jseg.utils.openblas), else Jittor's matmul."""
+    where one was found (jseg.platform.openblas), else Jittor's matmul."""
     if sgemm.available():
         return sgemm.matmul(a, b, trans_a, trans_b)
     if trans_a:

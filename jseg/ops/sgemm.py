@@ -1,31 +1,26 @@
-"""2-D float32 matmuls on OpenBLAS, from inside Jittor.
+"""2-D float32 matmuls on OpenBLAS, from inside Jittor (instead of Jittor's oneDNN sgemm).
 
-Jittor's CPU matmul is oneDNN 2.2's sgemm. On a 2-core AMD EPYC (Zen 3) OpenBLAS computes
-SegNeXt's 1x1-convolution shapes 1.0-4.7x faster (e.g. (320, 1280) @ (1280, 1024): 177 vs
-74 GFLOP/s), and those matmuls are 60-80% of SegNeXt's CPU time. `matmul(a, b, trans_a,
-trans_b)` is a Jittor op (`jt.code`) that calls that library's `cblas_sgemm`, found once
-per process with dlopen/dlsym.
+`matmul(a, b, trans_a, trans_b)` is a Jittor op (`jt.code`) that calls OpenBLAS's
+`cblas_sgemm`, found once per process with dlopen/dlsym. `available()` says whether an
+OpenBLAS was found (jseg.platform.openblas: scipy-openblas32, else numpy's bundled one);
+where none was, callers keep Jittor's matmul.
 
-`available()` says whether an OpenBLAS was found (jseg.utils.openblas: scipy-openblas32,
-else numpy's bundled one); where none was, callers keep Jittor's matmul.
-
-OpenBLAS runs its own thread pool (not OpenMP): `set_threads(n)` sizes it, and at import
-it follows OMP_NUM_THREADS when that is set, as Jittor's OpenMP does. Its idle threads
-sleep soon after a call when OPENBLAS_THREAD_TIMEOUT was short when it loaded, which
-`import jseg` arranges (jseg.utils.env): otherwise they poll for ~0.1 s against the
-OpenMP kernels that run between the matmuls.
+OpenBLAS runs its own thread pool (not OpenMP): `set_threads(n)` sizes it, and at import it
+follows OMP_NUM_THREADS when that is set. Its idle threads sleep at once only when
+OPENBLAS_THREAD_TIMEOUT was short when it loaded, which `import jseg` arranges
+(jseg.platform.env). Speeds and the thread timeout's effect: docs/performance.md.
 """
 import os
 
 import jittor as jt
 
-from jseg.utils.openblas import library, set_threads
+from jseg.platform.openblas import library, set_threads
 
 __all__ = ["available", "library", "matmul", "set_threads"]
 
 
 def available():
-    """True when an OpenBLAS that `matmul` can call was found (jseg.utils.openblas)."""
+    """True when an OpenBLAS that `matmul` can call was found (jseg.platform.openblas)."""
     return library() is not None
 
 

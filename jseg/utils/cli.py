@@ -5,7 +5,7 @@ argparse itself prints its usage and exits 2 on a bad option; `ToolParser` turns
 the same one line and exit code as every other bad input (a missing file, a wrong config key).
 `run_main(main)` in place of `sys.exit(main())` turns a KeyboardInterrupt into its one line
 (Jittor's own SIGINT handler, which would end the process at once, is taken back when jseg
-imports Jittor, see `jseg.utils.env`).
+imports Jittor, see `jseg.platform.env`).
 """
 import argparse
 import sys

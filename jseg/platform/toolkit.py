@@ -1,23 +1,13 @@
 """Which CUDA toolkit Jittor should build with, decided before Jittor starts.
 
-Jittor 1.3.11 takes its jtcuda download when one is installed, else `nvcc_path`, else
-`nvcc` on PATH, else `/usr/local/cuda/bin/nvcc`; without any it downloads jtcuda, which
-fails offline. It builds with whichever it finds, and its CUDA part does not compile with
-CUDA 13 unless `tools/jittor_cuda13.py apply` has patched it. `choose_toolkit` makes the
-choice explicit, from facts gathered by `detect_toolkit`:
-
-1. no NVIDIA driver (or `JSEG_DEVICE=cpu`) -> CPU;
-2. `nvcc_path` set by the user -> that one (empty: CPU);
-3. Jittor's jtcuda installed (`python -m jittor_utils.install_cuda`) -> jtcuda;
-4. a system nvcc of CUDA 12 or older that the driver can run -> the newest such;
-5. only CUDA 13 or newer that the driver can run -> it, if Jittor carries the CUDA 13
-   fix; otherwise CPU, with the fix named;
-6. no nvcc the driver can run -> CPU, with the fix named.
-
-Jittor also needs cuBLAS, cuDNN, cuRAND, cuFFT and cuSPARSE beside nvcc: a full toolkit
-has all but cuDNN; where they come as pip wheels (site-packages/nvidia/*, e.g. beside a
-CUDA build of torch) `complete_toolkit` joins them with the toolkit in a folder of
-symlinks (~/.cache/jseg/cuda-*) that Jittor takes as its toolkit.
+Left to itself, Jittor 1.3.11 builds with the first nvcc it finds (its jtcuda download,
+`nvcc_path`, PATH, /usr/local/cuda) or downloads jtcuda, which fails offline; its CUDA part
+does not compile with CUDA 13 unless `tools/jittor_cuda13.py apply` has patched it.
+`choose_toolkit` makes the choice explicit (the order is in its docstring), from facts
+gathered by `detect_toolkit`; the answer is a `Toolkit`: CPU or an nvcc, why, and any
+problem with its fix. `complete_toolkit` adds the CUDA libraries Jittor also needs (cuBLAS,
+cuDNN, cuRAND, cuFFT, cuSPARSE) from pip wheels where the toolkit lacks them, through a
+folder of symlinks (~/.cache/jseg/cuda-*). User's guide: docs/gpu.md.
 """
 import ctypes
 import glob
@@ -72,7 +62,15 @@ def _text(version):
 
 def choose_toolkit(driver, candidates, jtcuda=None, user_nvcc=None, cuda13_fix=False,
                    forced_cpu=False):
-    """Decide the toolkit from facts.
+    """Decide the toolkit from facts, first rule that applies:
+
+    1. no NVIDIA driver (or `JSEG_DEVICE=cpu`) -> CPU;
+    2. `nvcc_path` set by the user -> that one (empty: CPU);
+    3. Jittor's jtcuda installed (`python -m jittor_utils.install_cuda`) -> jtcuda;
+    4. a system nvcc of CUDA 12 or older that the driver can run -> the newest such;
+    5. only CUDA 13 or newer that the driver can run -> it, if Jittor carries the CUDA 13
+       fix; otherwise CPU, with the fix named;
+    6. no nvcc the driver can run -> CPU, with the fix named.
 
     driver: the CUDA version the driver supports, (major, minor), or None without a driver.
     candidates: [(nvcc path, (major, minor) or None)] of system nvcc, in search order.

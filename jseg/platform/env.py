@@ -6,7 +6,7 @@ calls it, which makes every `import jseg...` safe (after `import jittor`,
 `adopt_imported_jittor` sets what Jittor still reads and warns about the rest). It
 decides four things:
 
-- device and CUDA toolkit (`jseg.utils.toolkit`): without an NVIDIA driver (no
+- device and CUDA toolkit (`jseg.platform.toolkit`): without an NVIDIA driver (no
   `/dev/nvidia*`, no `libcuda.so.1`) Jittor is told there is no nvcc, so it starts on
   CPU instead of failing on a missing libcudart; with one, Jittor gets the toolkit
   `choose_toolkit` picks (a CUDA 12 nvcc, Jittor's jtcuda, or CUDA 13 once
@@ -101,7 +101,7 @@ def users_nvcc_path():
 
 
 def cuda_settings(toolkit):
-    """Jittor's environment variables for the chosen `toolkit` (jseg.utils.toolkit.Toolkit);
+    """Jittor's environment variables for the chosen `toolkit` (jseg.platform.toolkit.Toolkit);
     `configure_jittor` sets those the user has not set."""
     settings = {}
     if toolkit.nvcc is not None:
@@ -120,7 +120,7 @@ def cuda_settings(toolkit):
 
 
 def cuda_toolkit():
-    """The `jseg.utils.toolkit.Toolkit` chosen for this process (decided once)."""
+    """The `jseg.platform.toolkit.Toolkit` chosen for this process (decided once)."""
     global _toolkit
     if _toolkit is None:
         from .toolkit import detect_toolkit
@@ -308,7 +308,7 @@ def adopt_imported_jittor():
     Taken over, as `configure_jittor` would have set them (a value the user set is kept):
     - `use_parallel_op_compiler=0`: Jittor reads this flag at every compile;
     - `OPENBLAS_THREAD_TIMEOUT=4`: read when an OpenBLAS loads, and jseg's scipy-openblas32
-      loads after this (`jseg.utils.openblas`); numpy's (loaded with Jittor) keeps its
+      loads after this (`jseg.platform.openblas`); numpy's (loaded with Jittor) keeps its
       default, which matters where jseg uses it (`JSEG_OPENBLAS=numpy`, or no
       scipy-openblas32).
     Missed, because they are read when Jittor loads and never again:

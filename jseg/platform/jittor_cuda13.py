@@ -7,7 +7,7 @@ the one we studied is never edited. The patched state is recognised by undoing t
 hunks in memory and finding the original hash again, so `apply` is idempotent and
 `revert` restores the original bytes. Every hunk behaves the same with CUDA 12.
 
-`tools/jittor_cuda13.py` is the command line; `state()` is what `jseg.utils.env`
+`tools/jittor_cuda13.py` is the command line; `state()` is what `jseg.platform.env`
 asks before it lets Jittor build with a CUDA 13 nvcc.
 """
 import hashlib
@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_write
+from jseg.utils.atomic import atomic_write
 
 __all__ = ["JITTOR_VERSION", "PATCHES", "FilePatch", "PatchError", "jittor_dir",
            "jittor_version", "state", "apply", "revert"]
