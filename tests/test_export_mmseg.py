@@ -1,4 +1,4 @@
-"""jseg.checkpoint.torch_writer, mapping.to_mmseg_state_dict and jseg.checkpoint.export: our
+"""jseg.export.torch_writer, mapping.to_mmseg_state_dict and jseg.export.mmseg: our
 weights written as an mmsegmentation 1.x checkpoint without torch.
 
 Without torch: the writer's files read back exactly through our safe_pickle, its zip layout
@@ -25,13 +25,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from jseg.checkpoint import save_checkpoint_file, write_checkpoint  # noqa: E402
-from jseg.checkpoint import torch_writer  # noqa: E402
+from jseg.export import torch_writer  # noqa: E402
 from jseg.checkpoint.convert import convert_checkpoint  # noqa: E402
-from jseg.checkpoint.export import export_mmseg_checkpoint  # noqa: E402
+from jseg.export.mmseg import export_mmseg_checkpoint  # noqa: E402
 from jseg.checkpoint.mapping import (ConversionError, convert_state_dict,  # noqa: E402
                                      segnext_state_shapes, to_mmseg_state_dict)
 from jseg.checkpoint.safe_pickle import CheckpointError, load_checkpoint_file  # noqa: E402
-from jseg.checkpoint.torch_writer import save_torch_checkpoint  # noqa: E402
+from jseg.export.torch_writer import save_torch_checkpoint  # noqa: E402
 from jseg.config import config_to_yaml, load_config  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "checkpoints"

@@ -16,7 +16,7 @@ free (any H, W >= 1, as our model takes them). Whole-image inference only: slide
 runs the graph per window, TTA per view. --verify (default on when onnxruntime is installed) runs the
 graph and our model on one random input with the same bases and prints the difference.
 mmseg: a .pth in torch.save's format that torch.load(weights_only=True) and mmseg's
-init_model read (jseg.checkpoint.export), written without torch.
+init_model read (jseg.export.mmseg), written without torch.
 Errors are one line on stderr and exit code 1; OUT is written atomically.
 """
 import importlib.util
@@ -60,7 +60,7 @@ def parse_args(argv=None):
 
 
 def export_mmseg(args):
-    from jseg.checkpoint.export import export_mmseg_checkpoint
+    from jseg.export.mmseg import export_mmseg_checkpoint
 
     load_config(args.config_file, args.overrides)  # a bad config fails here, before reading
     weights = fetch_weights(args.checkpoint) if is_remote(args.checkpoint) else args.checkpoint

@@ -10,8 +10,6 @@ and converting the PyTorch and JSeg layouts to ours.
     mapping       the SegNeXt layouts (mmseg 1.x, official, JSeg, ImageNet MSCAN): rename
                   tables, drop lists, key patterns and shapes
     convert       one source checkpoint -> our format (weights_convert/convert.py's engine)
-    torch_writer  torch.save's zip format, written without torch (atomically)
-    export        our checkpoint -> an mmsegmentation 1.x checkpoint (export_mmseg_checkpoint)
 """
 from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
 from .weights import (NonFiniteError, WeightsMismatchError, check_optimizer_state,

@@ -9,7 +9,7 @@ holds them. DST is written atomically as {"state_dict": {...}, "meta": {...}}: o
 error nothing is written and an existing DST is left as it was. The command line is
 weights_convert/convert.py.
 
-The meta keeps what the way back to mmseg (`jseg.checkpoint.export`) needs besides the
+The meta keeps what the way back to mmseg (`jseg.export.mmseg`) needs besides the
 weights: the class names and palette the source recorded, and the values of the BatchNorm
 step counters (`num_batches_tracked`, which our model does not have), by key.
 """

@@ -7,19 +7,11 @@
 `MODELS` is the table: mmsegmentation 1.x's SegNeXt ADE20K segmentors and its re-upload
 of the ImageNet MSCAN backbones. The 8 hex digits before `.pth` in every file name are the
 first 8 of the file's SHA-256 (mmseg's convention) and are checked after the download.
-
 `fetch_weights(spec)` turns "zoo:NAME" or an http(s) URL into a local checkpoint in our
-format: the source file is downloaded into the cache (`$JSEG_CACHE_DIR`, default
-~/.cache/jseg; a cut download resumes), its hash checked, converted through the safe
-unpickler (`convert.convert_checkpoint`) and the converted file kept, so the next call
-reads it straight away. `JSEG_ZOO_MIRROR` (a base URL) replaces the scheme and host of the
-table's URLs, for mirrors and air-gapped sites; the hash check still applies. Offline, put
-the source file by hand where the error message says.
-
-The cache heals itself: a cached download that fails its check (the hash; for a URL without
-one, that it reads as a checkpoint: servers send HTML error pages with status 200) and a
-converted copy that does not load are deleted and made again, once, with a log line. Only
-writers take the lock, so a read-only cache that holds good files serves them.
+format, cached under `$JSEG_CACHE_DIR` (default ~/.cache/jseg); `JSEG_ZOO_MIRROR` replaces
+the URLs' scheme and host. The cache heals itself (see `fetch_weights`); only writers take
+its lock, so a read-only cache that holds good files serves them. User's guide:
+docs/checkpoints.md.
 """
 import contextlib
 import hashlib
@@ -231,8 +223,16 @@ def fetch_source(spec, progress=True, log=print):
 def fetch_weights(spec, progress=True, log=print):
     """A local checkpoint in our format for "zoo:NAME" / a URL; cached after the first call.
 
-    A cached converted copy that does not load is deleted and converted again, once.
-    Raises ZooError / DownloadError / CheckpointError (one line each).
+    The source file is downloaded into the cache (a cut download resumes), its hash checked,
+    converted through the safe unpickler (`convert.convert_checkpoint`) and the converted
+    file kept, so the next call reads it straight away. `JSEG_ZOO_MIRROR` (a base URL)
+    replaces the scheme and host of the table's URLs, for mirrors and air-gapped sites; the
+    hash check still applies. Offline, put the source file by hand where the error says.
+
+    The cache heals itself: a cached download that fails its check (the hash; for a URL
+    without one, that it reads as a checkpoint: servers send HTML error pages with status
+    200) and a converted copy that does not load are deleted and made again, once, with a
+    log line. Raises ZooError / DownloadError / CheckpointError (one line each).
     """
     entry, url = _entry(spec)
     raw, converted = _paths(entry, url)

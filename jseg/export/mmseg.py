@@ -24,10 +24,11 @@ from jseg import __version__
 from jseg.config import load_config
 from jseg.utils.atomic import check_writable
 
-from .convert import as_palette, file_sha256
-from .mapping import (ConversionError, check_against_model, infer_state_shapes,
+from jseg.checkpoint.convert import as_palette, file_sha256
+from jseg.checkpoint.mapping import (ConversionError, check_against_model, infer_state_shapes,
                       to_mmseg_state_dict)
-from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
+from jseg.checkpoint.safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
+
 from .torch_writer import save_torch_checkpoint
 
 __all__ = ["export_mmseg_checkpoint"]
