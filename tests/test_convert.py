@@ -166,7 +166,7 @@ def test_leftover_keys_listed():
     ("official", "mmseg", "try --format official"),
     ("mmseg", "official", "try --format mmseg"),
     ("mmseg", "jseg", "try --format mmseg"),
-    ("official", "jseg", "JSeg checkpoints have no num_batches_tracked"),
+    ("official", "jseg", "Jittor/JSeg checkpoints have no num_batches_tracked"),
     ("mmseg", "imagenet", "an ImageNet backbone has no 'backbone.'"),
 ])
 def test_wrong_format_forced(source_fmt, fmt, needle):

@@ -320,7 +320,7 @@ def test_tiny_mmseg_fixture_round_trip(tmp_path):
 
 
 def test_jseg_fixture_counters_are_zero(tmp_path):
-    """A JSeg (Jittor) checkpoint has no counters: mmseg gets zeros; the classes come from
+    """A Jittor/JSeg checkpoint has no counters: mmseg gets zeros; the classes come from
     the config given."""
     converted, exported = tmp_path / "converted.pkl", tmp_path / "exported.pth"
     convert_checkpoint(DATA / "segnext_jseg_tiny.pkl", converted, **QUIET)

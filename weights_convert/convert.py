@@ -1,4 +1,4 @@
-"""Convert a SegNeXt checkpoint (PyTorch or JSeg) into jseg's checkpoint format.
+"""Convert a SegNeXt checkpoint (PyTorch or Jittor/JSeg) into jseg's checkpoint format.
 
     python weights_convert/convert.py SRC DST [--format auto|mmseg|official|imagenet|jseg]
                                               [--config-file CONFIG]
@@ -28,7 +28,7 @@ __all__ = ["main"]
 
 def main(argv=None):
     parser = ToolParser(
-        "Convert a SegNeXt checkpoint (mmseg 1.x, official PyTorch, ImageNet MSCAN or JSeg) "
+        "Convert a SegNeXt checkpoint (mmseg 1.x, official PyTorch, ImageNet MSCAN or Jittor/JSeg) "
         "into jseg's checkpoint format, safely (no code from the file runs).",
         prog="weights_convert/convert.py")
     parser.add_argument("src", metavar="SRC",

@@ -1,5 +1,5 @@
 """Checkpoints: reading them safely, loading weights strictly, writing them atomically,
-and converting the PyTorch and JSeg layouts to ours.
+and converting the PyTorch and Jittor/JSeg layouts to ours.
 
     safe_pickle   read torch zip / legacy / pickle files without torch and without running
                   code from them (an allow-list of globals)
@@ -7,7 +7,7 @@ and converting the PyTorch and JSeg layouts to ours.
     weights       load_state_dict (strict, finite floats only), backbone initialisation,
                   training checkpoints (read, write), checkpoint names
     zoo           zoo:NAME and URLs: download, check, convert once, cache
-    mapping       the SegNeXt layouts (mmseg 1.x, official, JSeg, ImageNet MSCAN): rename
+    mapping       the SegNeXt layouts (mmseg 1.x, official, Jittor/JSeg, ImageNet MSCAN): rename
                   tables, drop lists, key patterns and shapes
     convert       one source checkpoint -> our format (weights_convert/convert.py's engine)
 """

@@ -1,4 +1,4 @@
-"""Convert a SegNeXt checkpoint (PyTorch or JSeg) into jseg's checkpoint format.
+"""Convert a SegNeXt checkpoint (PyTorch or Jittor/JSeg) into jseg's checkpoint format.
 
 SRC is read without torch and without running code from the file
 (`jseg.checkpoint.safe_pickle`); the weights are renamed into our layout

@@ -10,9 +10,9 @@ BatchNorm has no such buffer. The source layouts:
 | mmseg    | mmsegmentation 1.x SegNeXt checkpoints | `*.num_batches_tracked` (dropped)      |
 | official | Visual-Attention-Network/SegNeXt       | `mlp.dwconv.dwconv.*` -> `mlp.dwconv.*`|
 |          |                                        | and num_batches_tracked (dropped)      |
-| jseg     | JSeg (Jittor) `.pkl` checkpoints       | `mlp.dwconv.dwconv.*` -> `mlp.dwconv.*`|
+| jseg     | Jittor/JSeg `.pkl` checkpoints         | `mlp.dwconv.dwconv.*` -> `mlp.dwconv.*`|
 | imagenet | ImageNet-1k MSCAN backbones (official, | `backbone.` prefix added; classifier   |
-|          | mmseg re-upload, JSeg hub)             | `head.*` and nbt dropped; either name  |
+|          | mmseg re-upload, Jittor/JSeg hub)      | `head.*` and nbt dropped; either name  |
 |          |                                        | of the MLP's depthwise conv accepted   |
 
 Each format is a rename table and a drop list. Every source key is either
@@ -80,7 +80,7 @@ def is_our_key(key):
 # ---------------------------------------------------------------------------
 # The formats: rename table and drop list
 
-_NESTED_DWCONV = re.compile(r".*\.mlp\.dwconv\.dwconv\.(weight|bias)")  # official / JSeg
+_NESTED_DWCONV = re.compile(r".*\.mlp\.dwconv\.dwconv\.(weight|bias)")  # official / Jittor/JSeg
 _FLAT_DWCONV = re.compile(r".*\.mlp\.dwconv\.(weight|bias)")            # mmseg 1.x, ours
 _SIGNATURE = re.compile(r"(backbone\.)?block[1-4]\.\d+\.attn\.spatial_gating_unit\.conv0_1\."
                         r"|decode_head\.hamburger\.")
@@ -104,8 +104,8 @@ FORMATS = {
                        renames=((re.compile(r"(.*\.mlp\.dwconv)\.dwconv\.(weight|bias)"),
                                  r"\1.\2"),),
                        drops=(_NBT_DROP,), dwconv="nested"),
-    # JSeg models are Jittor models: no num_batches_tracked, so none is dropped
-    "jseg": Format("jseg", "JSeg (Jittor) checkpoint",
+    # Jittor/JSeg models are Jittor models: no num_batches_tracked, so none is dropped
+    "jseg": Format("jseg", "Jittor/JSeg checkpoint",
                    renames=((re.compile(r"(.*\.mlp\.dwconv)\.dwconv\.(weight|bias)"), r"\1.\2"),),
                    drops=(), dwconv="nested"),
     "imagenet": Format("imagenet", "ImageNet-1k MSCAN backbone",
@@ -142,7 +142,7 @@ def detect_format(keys):
     nbt = [k for k in keys if k.endswith(".num_batches_tracked")]
     if nested and flat:
         raise ConversionError(
-            f"mixed layouts: {len(nested)} keys use 'mlp.dwconv.dwconv.' (official/JSeg) and "
+            f"mixed layouts: {len(nested)} keys use 'mlp.dwconv.dwconv.' (official, Jittor/JSeg) and "
             f"{len(flat)} use 'mlp.dwconv.' (mmseg), e.g. {nested[0]} and {flat[0]}")
     if any(k.startswith(("backbone.", "decode_head.")) for k in keys):
         if nested and nbt:
@@ -174,7 +174,8 @@ def convert_state_dict(state, fmt):
         raise ConversionError(f"{len(flat)} keys use mmseg's 'mlp.dwconv.' naming, which a "
                               f"{spec.source} does not have (e.g. {flat[0]}); try --format mmseg")
     if spec.dwconv == "flat" and nested:
-        raise ConversionError(f"{len(nested)} keys use the official/JSeg 'mlp.dwconv.dwconv.' "
+        raise ConversionError(f"{len(nested)} keys use the official and Jittor/JSeg "
+                              "'mlp.dwconv.dwconv.' "
                               f"naming, which a {spec.source} does not have (e.g. {nested[0]}); "
                               "try --format official or jseg")
     if nested and flat:
@@ -213,7 +214,7 @@ def convert_state_dict(state, fmt):
     if leftover:
         hint = ""
         if fmt == "jseg" and any(k.endswith(".num_batches_tracked") for k in leftover):
-            hint = (" JSeg checkpoints have no num_batches_tracked; a PyTorch checkpoint in "
+            hint = (" Jittor/JSeg checkpoints have no num_batches_tracked; a PyTorch checkpoint in "
                     "official naming needs --format official.")
         raise ConversionError(
             f"{len(leftover)} of {len(keys)} keys are neither SegNeXt keys of a {spec.source} "
@@ -255,7 +256,7 @@ def to_mmseg_state_dict(state, num_batches_tracked=None):
         hint = ""
         if any(k.endswith(".num_batches_tracked") or ".mlp.dwconv.dwconv." in k
                for k in leftover):
-            hint = (" (num_batches_tracked or 'mlp.dwconv.dwconv.' keys: a PyTorch or JSeg "
+            hint = (" (num_batches_tracked or 'mlp.dwconv.dwconv.' keys: a PyTorch or Jittor/JSeg "
                     "checkpoint; convert it to ours with weights_convert/convert.py first)")
         raise ConversionError(f"{len(leftover)} of {len(state)} keys are not keys of our "
                               f"SegNeXt layout: {_listing(leftover)}{hint}")

@@ -17,7 +17,7 @@ Readable files (the kind is told from the bytes, not from the file name):
   then the list of storage keys, then each storage as an int64 element count
   followed by its raw bytes. (The even older tar format of torch < 0.4 is not read.)
 - plain pickles (protocol 2 or higher) of dicts of numpy arrays: our own
-  checkpoints and JSeg's `jt.save` files. If the file ends with Jittor's 8-byte
+  checkpoints and Jittor/JSeg's `jt.save` files. If the file ends with Jittor's 8-byte
   magic `HCAJSLHD`, the 20 bytes before it are the SHA1 of the pickle and are
   checked before anything is unpickled.
 
@@ -46,7 +46,7 @@ The allow-list (`ALLOWED_GLOBALS`), and why each entry is there:
 - containers and builtins pickle needs for plain data: `collections.OrderedDict`
   (state dicts, backward hooks), `builtins.set`, `frozenset`, `complex`,
   `bytearray`, and `_codecs.encode` (how protocol 2 writes `bytes`; latin-1 only).
-- numpy, for arrays and scalars in our own and JSeg files and in checkpoint
+- numpy, for arrays and scalars in our own and Jittor/JSeg files and in checkpoint
   metadata, under both the numpy 1.x and 2.x module paths:
   `numpy.core.multiarray._reconstruct` (only with numpy.ndarray), `numpy.ndarray`
   (only as that argument, never called), `numpy.dtype`,
@@ -747,7 +747,7 @@ def load_checkpoint_file(path):
 # ---------------------------------------------------------------------------
 # Containers
 
-STATE_DICT_KEYS = ("state_dict", "model")  # mmcv/mmengine/timm, then JSeg/DeiT
+STATE_DICT_KEYS = ("state_dict", "model")  # mmcv/mmengine/timm, then Jittor/JSeg/DeiT
 
 
 def _is_flat_state_dict(obj):
@@ -759,7 +759,7 @@ def unwrap_state_dict(obj):
     """Find the state dict inside a checkpoint; returns (flat_dict, meta).
 
     Accepts a flat dict of arrays, or a container with the weights under
-    'state_dict' (mmcv, mmengine, timm, ours) or 'model' (JSeg, DeiT), nested up
+    'state_dict' (mmcv, mmengine, timm, ours) or 'model' (Jittor/JSeg, DeiT), nested up
     to twice. Everything else in the container (optimizer, scheduler,
     message_hub, ...) is left out; `meta` is the container's 'meta' dict ({} if
     none). A 'module.' prefix (DataParallel) on every key is removed.

@@ -84,7 +84,7 @@ SCHEMA = Section(
                                             "false: one fixed basis"),
                 grad_mode=Field(Choice("full", "one_step"), "full",
                                 "full: gradients through every NMF step (mmseg 1.x, official); "
-                                "one_step: steps under no-grad (JSeg / HamNet)"),
+                                "one_step: steps under no-grad (Jittor/JSeg / HamNet)"),
             ),
         ),
         test_cfg=Section(
@@ -145,7 +145,8 @@ SCHEMA = Section(
         size_divisor=Field(Optional(int), 32, "make test inputs a multiple of this; null: no",
                            at_least(1)),
         size_divisor_mode=Field(Choice("pad", "resize"), "pad",
-                                "pad (mmseg 1.x) or resize (official / JSeg) to size_divisor"),
+                                "pad (mmseg 1.x) or resize (official, Jittor/JSeg) to "
+                                "size_divisor"),
     ),
     optimizer=Section(
         "AdamW",

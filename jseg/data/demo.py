@@ -7,16 +7,7 @@
 Labels: 0 = unlabelled (ignored after reduce_zero_label, as in ADE20K), then
 1 grass, 2 water, 3 disc, 4 box, 5 triangle, 6 blob (class ids 0..5 after
 reduce_zero_label; names and colours in `jseg.data.palettes.DEMO_CLASSES`).
-
-Each scene is a textured background, grass (green to teal, fine vertical blades)
-and/or water (teal to blue, smooth horizontal ripples) split by a wavy shore,
-with 2 to 6 objects of four shapes drawn on top in random order, so they
-overlap. Object colours are drawn from a hue family of their class half of
-the time and from any hue otherwise, textures (plain, stripes, checks,
-gradient) are random, so colour alone does not give the class: shape and
-context are needed. Some objects get an unlabelled outline and some scenes an
-unlabelled clutter patch. Global lighting, noise, a slight blur and JPEG
-compression finish the image.
+What a scene holds: `render_sample`.
 
 Every image is a pure function of (seed, split, index): generation is
 deterministic, files are written atomically, existing files are kept, so an
@@ -147,7 +138,18 @@ def _shape_mask(rng, cls, h, w, cx, cy, r):
 
 
 def render_sample(seed, split, index, size=128):
-    """The (image RGB uint8 (H, W, 3), label uint8 (H, W)) of one demo sample."""
+    """The (image RGB uint8 (H, W, 3), label uint8 (H, W)) of one demo sample.
+
+    H x W is 0.75 size x size (landscape, with probability 0.8) or size x 0.75 size. Each
+    scene is a textured background, grass (green to teal, fine vertical blades) and/or water
+    (teal to blue, smooth horizontal ripples) split by a wavy shore, with 2 to 6 objects of
+    four shapes drawn on top in random order, so they overlap. Object colours are drawn from
+    a hue family of their class half of the time and from any hue otherwise, textures
+    (plain, stripes, checks, gradient) are random, so colour alone does not give the class:
+    shape and context are needed. Some objects get an unlabelled outline and some scenes an
+    unlabelled clutter patch. Global lighting, noise and a slight blur finish the image
+    (`make_demo_data` then writes it as a JPEG).
+    """
     rng = np.random.default_rng([int(seed), _SPLITS[split], int(index), _VERSION])
     long_side = int(size)
     short_side = int(round(long_side * 0.75))

@@ -1,26 +1,17 @@
 """Batches for training and evaluation, reproducible across workers and MPI ranks.
 
-Training draws an endless stream of samples: epoch e is a permutation of the
-dataset made from (seed, e) and the stream is epoch 0, then epoch 1, ...;
-global batch `it` holds stream positions [it * B, (it + 1) * B). A batch may
-cross an epoch boundary, so every batch is full and the position of the run is
-the iteration alone (`iter_from(start_iter)` resumes exactly). Each sample's
-augmentation uses its own Generator seeded by (seed, epoch, index), so the
-batches are the same bytes whatever the number of worker processes.
+Training draws an endless stream of samples: epoch e is a permutation of the dataset made
+from (seed, e) and the stream is epoch 0, then epoch 1, ...; global batch `it` holds stream
+positions [it * B, (it + 1) * B). A batch may cross an epoch boundary, so every batch is
+full and the position of the run is the iteration alone (`iter_from(start_iter)` resumes
+exactly). Each sample's augmentation uses its own Generator seeded by (seed, epoch, index),
+so the batches are the same bytes whatever the number of worker processes. Under MPI each
+rank takes its contiguous slice of every global batch (rank r gets items r*B/W ..
+(r+1)*B/W - 1; rank and world size from `get_dist_info()`); the slices of all ranks put
+together are the single-process batch. An unreadable sample: see `TrainLoader`.
 
-Under MPI each rank takes its contiguous slice of every global batch (rank r
-gets items r*B/W .. (r+1)*B/W - 1); the slices of all ranks put together are
-the single-process batch. The rank and world size come from `get_dist_info()`
-(Jittor's `jt.rank` / `jt.world_size` under mpirun).
-
-A sample that cannot be read (`DataError`) stops the run, naming the file
-(on_bad_sample "fail"), or (on_bad_sample "skip") is replaced by the next
-readable sample in dataset order, augmented with the bad sample's own seed;
-the replacement is logged.
-
-Evaluation (`ValLoader`) yields one image at a time, in dataset order, with the
-original label map and the meta data needed to bring predictions back to the
-original size (see `jseg.data.transforms.restore_prediction`).
+Evaluation (`ValLoader`) yields one image at a time, in dataset order, with the original
+label map and the meta data needed to bring predictions back to the original size.
 """
 import collections
 import logging
@@ -174,6 +165,11 @@ class TrainLoader:
     Each batch is a dict: img (n, 3, H, W) float32, seg (n, H, W) int32, indices
     (n,) dataset indices actually used, epoch (the epoch of the batch's first
     sample) and iter; n = batch_size / world_size.
+
+    A sample that cannot be read (`DataError`) stops the run, naming the file
+    (on_bad_sample "fail"), or (on_bad_sample "skip") is replaced by the next readable
+    sample in dataset order, augmented with the bad sample's own seed; the replacement is
+    logged.
     """
 
     def __init__(self, dataset, pipeline, batch_size, *, seed=0, num_workers=0, shuffle=True,

@@ -33,7 +33,7 @@ The numbers follow mmcv 2.x / mmsegmentation 1.x:
 
 Test-time inputs are made a multiple of `size_divisor` either by padding (mmseg
 1.x; predictions must be cropped back to `img_shape`) or by resizing (mmseg 0.x
-ResizeToMultiple, used by the official SegNeXt and JSeg). Multi-scale test views
+ResizeToMultiple, used by the official SegNeXt and Jittor/JSeg). Multi-scale test views
 scale the image by each ratio, but never beyond test_scale times the ratio (see
 `build_tta_pipelines`). `restore_prediction` maps a score map back to the original image.
 """

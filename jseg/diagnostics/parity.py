@@ -1,26 +1,16 @@
 """Numerical parity with the PyTorch reference, mmsegmentation 1.2.2's SegNeXt.
 
-Shared by `tools/parity.py` and `tests/test_parity.py`. The reference stack is optional
-(`pip install -e .[parity]`: torch 2.13.0, mmcv-lite 2.1.0, mmengine 0.10.7,
-mmsegmentation 1.2.2). Both frameworks run in this one process: torch 2.13.0 (CPU) and
-Jittor 1.3.11 (CPU, oneDNN) were seen to coexist in either import order.
-
-What is compared, with the same weights and the same NMF bases on both sides:
+Shared by `tools/parity.py` and `tests/test_parity.py`; the reference stack is optional
+(`pip install -e .[parity]`) and runs in this same process. Compared, with the same weights
+and the same NMF bases on both sides (`PinnedBases`: NMF2D draws new random bases in every
+forward, so only pinned bases compare):
 - eval mode: the four backbone stage outputs and the seg logits of `inference` (whole or
   slide, as the config's test_cfg says), and the pixel agreement of their argmax;
 - one training step: the loss, every parameter's gradient, the BatchNorm running statistics.
 
-NMF2D draws new random bases in every forward, in eval too, so the two frameworks can only
-be compared with pinned bases: `PinnedBases` hands out the same arrays, call by call, to
-mmseg's `NMF2D._build_bases` and to our NMF2D's `bases_fn` (each head forward asks exactly
-once, so slide inference gets one array per window, in window order on both sides).
-
-mmcv-lite has no compiled ops, yet importing `mmseg.models` imports four names from
-`mmcv.ops`; `import_reference` puts a stand-in module there, whose members raise if used.
-SegNeXt uses none of them.
-
 Relative errors of outputs are rel = max|ours - reference| / max|reference|; of gradients
-||ours - reference|| / ||reference|| per parameter.
+||ours - reference|| / ||reference|| per parameter. Measured values and the protocol in
+full: docs/performance.md.
 """
 import contextlib
 import importlib
@@ -85,7 +75,9 @@ def _mmcv_ops_stand_in():
 def import_reference():
     """Import the reference stack; returns a namespace with torch and the mmseg pieces used.
 
-    Raises ReferenceUnavailable (with INSTALL_HINT) when a package is missing.
+    mmcv-lite has no compiled ops, yet importing `mmseg.models` imports four names from
+    `mmcv.ops`: a stand-in module goes there, whose members raise if used (SegNeXt uses
+    none of them). Raises ReferenceUnavailable (with INSTALL_HINT) when a package is missing.
     """
     for name in ("torch", "mmcv", "mmengine", "mmseg"):
         try:
@@ -323,7 +315,9 @@ class PinnedBases:
     """The k-th call returns the same (B*S, D, R) float32 array on every instance of one seed:
     `seeded_bases(shape, seed, k)` (jseg.models.ham_head), U[0, 1) values from numpy's
     generator seeded with (seed, k), L2-normalised over D (as both NMF2D implementations
-    normalise their random draw)."""
+    normalise their random draw). mmseg's `NMF2D._build_bases` and our NMF2D's `bases_fn`
+    each ask exactly once per head forward, so slide inference gets one array per window,
+    in window order on both sides."""
 
     def __init__(self, seed=0):
         self.seed = int(seed)

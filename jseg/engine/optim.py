@@ -1,21 +1,11 @@
 """AdamW with the references' parameter groups, the warm-up + poly schedule, and
 gradient clipping.
 
-Parameter groups (mmengine's rule): for each parameter, the longest key of
-`optimizer.paramwise` contained in its name (ties: alphabetical) sets its
-lr_mult and decay_mult. For SegNeXt, `norm` matches the block and stage norms
-(not the StemConv BNs, layer scales or biases) and `head` every decode_head
-parameter. Parameters with equal multipliers share one group.
+Parameter groups (mmengine's rule, `param_groups`): the longest key of `optimizer.paramwise`
+contained in a parameter's name (ties: alphabetical) sets its lr_mult and decay_mult. The
+schedule (`LrSchedule`) is mmseg 1.x's LinearLR + PolyLR, bit for bit per group; clipping
+(`clip_grad_norm`) sums the global norm in float64. Training loop use:
 
-Schedule (mmseg 1.x): mmengine's LinearLR from warmup_ratio to 1 over
-warmup_iters, then PolyLR from warmup_iters to max_iters, reproduced bit for bit
-per group by `LrSchedule` (see there for the formulas).
-
-Clipping (torch's `clip_grad_norm_` rule) with the global norm summed in float64:
-Jittor's own `Optimizer.clip_grad_norm` sums in float32, which on CPU
-underestimates the norm of long gradient vectors (7% at 49M elements).
-
-Training loop use:
     schedule = LrSchedule(cfg.scheduler, max_iters, initial_lrs(optimizer, cfg.optimizer.lr))
     for it in range(start_iter, max_iters):
         set_lr(optimizer, schedule.values(it))
@@ -44,7 +34,11 @@ def _multipliers(name, paramwise):
 def param_groups(model, opt_cfg):
     """Group trainable parameters by (lr_mult, decay_mult).
 
-    Returns a list of dicts {params, names, lr_mult, decay_mult} in a fixed order.
+    For each parameter, the longest key of `optimizer.paramwise` contained in its name
+    (ties: alphabetical) sets its lr_mult and decay_mult (mmengine's rule). For SegNeXt,
+    `norm` matches the block and stage norms (not the StemConv BNs, layer scales or biases)
+    and `head` every decode_head parameter. Parameters with equal multipliers share one
+    group. Returns a list of dicts {params, names, lr_mult, decay_mult} in a fixed order.
     """
     groups = {}
     for name, p in model.named_parameters():
@@ -183,7 +177,9 @@ def clip_grad_norm(optimizer, max_norm):
     """Scale the stored gradients so that their global L2 norm is at most max_norm
     (torch's `clip_grad_norm_`: coef = max_norm / (norm + 1e-6), applied when < 1).
     Call between `optimizer.backward(loss)` and `optimizer.step()`. Returns the norm
-    before clipping."""
+    before clipping. The norm is summed in float64: Jittor's own
+    `Optimizer.clip_grad_norm` sums in float32, which on CPU underestimates the norm of
+    long gradient vectors (7% at 49M elements)."""
     pairs = []
     for group in optimizer.param_groups:
         if "grads" not in group:

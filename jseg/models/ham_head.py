@@ -22,7 +22,7 @@ __all__ = ["NMF2D", "Hamburger", "LightHamHead", "seeded_bases", "ImageBases"]
 
 # Multiplicative-update denominators get this added (as in all references).
 NMF_EPS = 1e-6
-# torch.nn.functional.normalize's default eps (JSeg's jt.normalize uses 1e-30).
+# torch.nn.functional.normalize's default eps (Jittor/JSeg's jt.normalize uses 1e-30).
 L2_EPS = 1e-12
 
 
@@ -102,7 +102,7 @@ class NMF2D(nn.Module):
     Gradients (`grad_mode`):
       - "full" (default; the official SegNeXt code and mmseg 1.x): backpropagate through
         the initial softmax and every update step.
-      - "one_step" (JSeg and the original HamNet "one-step gradient"): steps 1-3 run without
+      - "one_step" (Jittor/JSeg and the original HamNet "one-step gradient"): steps 1-3 run without
         gradient; only step 4 and the reconstruction carry gradients back to x.
 
     With `rand_init=True` every forward (train and eval) draws new bases, so outputs vary run

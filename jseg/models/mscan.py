@@ -11,7 +11,7 @@ features stay NCHW between blocks (the references go through (B, N, C) tokens; s
 Attribute names equal the keys of mmsegmentation 1.x checkpoints (`patch_embed1.proj.0`,
 `block2.3.attn.proj_1`, `attn.spatial_gating_unit.conv1_2`, `mlp.dwconv`, `norm4`, ...),
 so `state_dict()` has exactly mmseg's keys minus `num_batches_tracked`. Never rename them.
-(The official repo and JSeg wrap the MLP depthwise conv once more: `mlp.dwconv.dwconv`.)
+(The official repo and Jittor/JSeg wrap the MLP depthwise conv once more: `mlp.dwconv.dwconv`.)
 """
 import math
 
@@ -261,8 +261,8 @@ class MSCAN(nn.Module):
         return outs
 
 
-# The four variants of the paper (Table 2); drop_path_rate as mmseg 1.x configs (JSeg uses 0.2
-# for B). Decoder widths live in the configs: channels = ham_channels = 256/256/512/1024.
+# The four variants of the paper (Table 2); drop_path_rate as mmseg 1.x configs
+# (Jittor/JSeg uses 0.2 for B). Decoder widths live in the configs: channels = ham_channels = 256/256/512/1024.
 MSCAN_SETTINGS = {
     "t": dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2), mlp_ratios=(8, 8, 4, 4),
               drop_path_rate=0.1),

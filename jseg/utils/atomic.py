@@ -1,25 +1,16 @@
 """Write files so that a reader sees either the old file or the complete new one.
 
-`atomic_write(path)` gives a file in the same directory as `path` under a
-temporary name; when the `with` block ends normally the data is flushed and
-fsynced, and the file is renamed over `path` (`os.replace`, atomic on POSIX and
-Windows). If anything goes wrong - an exception in the block, a full disk, an
-interrupt - the temporary file is removed and whatever was at `path` is left
-untouched.
+`atomic_write(path)` gives a file in the same directory as `path` under a temporary name;
+when the `with` block ends normally the data is flushed and fsynced, and the file is renamed
+over `path` (`os.replace`, atomic on POSIX and Windows). If anything goes wrong - an
+exception in the block, a full disk, an interrupt - the temporary file is removed and
+whatever was at `path` is left untouched. `atomic_path` is the same for writers that need a
+file name (cv2.VideoWriter), `write_image` for images (`cv2.imwrite` writes in place and
+leaves an empty file on a full disk); checkpoints go through `atomic_write` too.
 
-A process killed mid-write leaves its temporary file (`.NAME.XXXXXXXX.tmp`);
-`stale_temp_files(directory)` finds them for removal by a process that knows no
-writer is active there (the trainer, holding the work dir's lock). The moments
-of a write can be killed on purpose for tests (`jseg.utils.failpoint`).
-
-`atomic_path(path)` is the same for writers that need a file name (cv2.VideoWriter):
-it gives a temporary path with the suffix of `path`, renamed over `path` when the
-`with` block ends normally and removed otherwise.
-
-`write_image(path, image)` writes an image that way: encoded in memory by
-OpenCV for the suffix of `path`, then written through `atomic_write`
-(`cv2.imwrite` writes in place and leaves an empty file on a full disk).
-Checkpoints are written through it too (`jseg.checkpoint.writer`).
+A process killed mid-write leaves its temporary file (`.NAME.XXXXXXXX.tmp`), which
+`stale_temp_files(directory)` finds; the moments of a write can be killed on purpose for
+tests (`jseg.utils.failpoint`).
 """
 import contextlib
 import os
