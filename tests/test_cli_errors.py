@@ -166,3 +166,15 @@ def test_ctrl_c_during_a_download_is_one_line(tool, silent_server, image, tmp_pa
     assert proc.returncode == 130, (proc.returncode, err)
     assert err.splitlines() == startup_lines + ["interrupted"], err
     assert not (tmp_path / "out.pkl").exists() and not (tmp_path / "out").exists()
+
+
+def test_tools_import_the_installed_package():
+    """No tool puts the repository on sys.path itself: jseg is installed (pip install -e .),
+    so the tools run the package the tests test."""
+    import glob
+    for path in glob.glob(os.path.join(ROOT, "tools", "**", "*.py"), recursive=True):
+        with open(path) as f:
+            text = f.read()
+        if os.path.basename(path) == "gpu_run.py":  # stdlib only; puts tools/ on its own path
+            continue
+        assert "sys.path.insert" not in text, path

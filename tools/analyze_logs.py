@@ -14,10 +14,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402  (configures Jittor's env only)
-from jseg.utils.atomic import atomic_write, check_writable  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # configures Jittor's env only
+from jseg.utils.atomic import atomic_write, check_writable
 
 
 def _number(value):

@@ -27,12 +27,10 @@ Exit codes: 0 done, 1 bad input or no reference installed.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
-from jseg.checkpoint.zoo import is_remote  # noqa: E402
-from jseg.config import load_config  # noqa: E402  (jseg configures Jittor; no Jittor yet)
-from jseg.diagnostics.benchmark import (MODES, VS_ONNXRUNTIME_HINT, VS_TORCH_HINT,  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main
+from jseg.checkpoint.zoo import is_remote
+from jseg.config import load_config  # jseg configures Jittor; no Jittor yet
+from jseg.diagnostics.benchmark import (MODES, VS_ONNXRUNTIME_HINT, VS_TORCH_HINT,
                                         check_settings, format_report, onnxruntime_available,
                                         run_benchmark, torch_available)
 

@@ -12,17 +12,16 @@ Each output is <index>_<name>.png: image | label colours over the image. Ignored
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from jseg.utils.cli import ToolParser, positive_int, run_main  # noqa: E402
-from jseg.config import ConfigError, load_config  # noqa: E402
-from jseg.data.datasets import DataError, build_dataset  # noqa: E402
-from jseg.data.loader import epoch_permutation, sample_rng  # noqa: E402
-from jseg.data.palettes import overlay  # noqa: E402
-from jseg.data.transforms import build_train_pipeline  # noqa: E402
+from jseg.utils.cli import ToolParser, positive_int, run_main
+from jseg.config import ConfigError, load_config
+from jseg.data.datasets import DataError, build_dataset
+from jseg.data.loader import epoch_permutation, sample_rng
+from jseg.data.palettes import overlay
+from jseg.data.transforms import build_train_pipeline
 
 
 def render(dataset, pipeline, index, seed, opacity):

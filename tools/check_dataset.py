@@ -37,12 +37,10 @@ truncation); labels are decoded as the loader does. Standard split sizes: ADE20K
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.config import ConfigError, load_config  # noqa: E402
-from jseg.data.check import check_dataset  # noqa: E402
-from jseg.data.datasets import DataError  # noqa: E402
-from jseg.utils.cli import BAD_INPUT, ToolParser, positive_int, run_main  # noqa: E402
+from jseg.config import ConfigError, load_config
+from jseg.data.check import check_dataset
+from jseg.data.datasets import DataError
+from jseg.utils.cli import BAD_INPUT, ToolParser, positive_int, run_main
 
 SPLITS = {"train": ("train",), "val": ("val",), "all": ("train", "val")}
 

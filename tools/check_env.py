@@ -8,13 +8,10 @@ Exits 1 with a hint when Jittor cannot start. The first run on a new machine
 compiles Jittor's core (a few minutes); later runs take about a second. Jittor's own
 start-up log (its paths, the compilers it found) is off; JSEG_VERBOSE=1 shows it.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402  (sets Jittor's env first)
-from jseg.platform.env import environment_report  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main  # sets Jittor's env first
+from jseg.platform.env import environment_report
 
 _HINTS = (  # (text in Jittor's error, fix); the first match wins
     ("Python.h", "install the Python headers (Debian: apt-get install python3-dev)"),

@@ -38,10 +38,8 @@ import re
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
-import jseg  # noqa: E402,F401  (configures Jittor before it is imported)
+from jseg.utils.cli import ToolParser, run_main
+import jseg  # noqa: F401; configures Jittor before it is imported
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv",

@@ -20,19 +20,17 @@ init_model read (jseg.export.mmseg), written without torch.
 Errors are one line on stderr and exit code 1; OUT is written atomically.
 """
 import importlib.util
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
-from jseg.config import ConfigError, load_config  # noqa: E402  (jseg configures Jittor first)
-from jseg.checkpoint import CheckpointError  # noqa: E402
-from jseg.checkpoint.mapping import ConversionError  # noqa: E402
-from jseg.checkpoint.zoo import fetch_weights, is_remote  # noqa: E402
-from jseg.utils.atomic import check_writable  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main
+from jseg.config import ConfigError, load_config  # jseg configures Jittor first
+from jseg.checkpoint import CheckpointError
+from jseg.checkpoint.mapping import ConversionError
+from jseg.checkpoint.zoo import fetch_weights, is_remote
+from jseg.utils.atomic import check_writable
 
 
 def parse_args(argv=None):

@@ -8,13 +8,10 @@ MACs count convolutions and the decode head's NMF matmuls (at eval steps), as th
 paper's "FLOPs" do (see jseg/diagnostics/flops.py). The model is only built and traced, never run,
 so this takes seconds even for MSCAN-L at 2048x1024.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
-from jseg.config import ConfigError, load_config  # noqa: E402  (jseg configures Jittor)
+from jseg.utils.cli import ToolParser, run_main
+from jseg.config import ConfigError, load_config  # jseg configures Jittor
 
 
 def parse_args(argv=None):

@@ -21,7 +21,6 @@ import glob
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if glob.glob("/dev/nvidia[0-9]*"):  # before jseg sets Jittor's environment
     # Most of a first GPU run is nvcc compiling kernels: let Jittor compile a graph's
@@ -29,7 +28,7 @@ if glob.glob("/dev/nvidia[0-9]*"):  # before jseg sets Jittor's environment
     # jseg.platform.env); a value in the environment wins.
     os.environ.setdefault("use_parallel_op_compiler", str(min(16, os.cpu_count() or 1)))
 
-from jseg.utils.cli import ToolParser  # noqa: E402
+from jseg.utils.cli import ToolParser
 
 DEFAULT_JSONL = "work_dirs/gpu_check.jsonl"
 

@@ -12,15 +12,12 @@ Each file's SHA-256 is checked first: another Jittor version or a file changed b
 someone else is refused and nothing is written. `--jittor-dir` points at another
 installation's `jittor` package directory.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
-from jseg.platform import jittor_cuda13 as fix  # noqa: E402
-from jseg.platform.env import users_nvcc_path  # noqa: E402
-from jseg.platform.toolkit import nvcc_candidates  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main
+from jseg.platform import jittor_cuda13 as fix
+from jseg.platform.env import users_nvcc_path
+from jseg.platform.toolkit import nvcc_candidates
 
 
 def _cuda13_nvcc():

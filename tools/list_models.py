@@ -7,12 +7,9 @@ or ImageNet top-1, source layout, SHA-256 prefix, cached (converted file present
 JSEG_ZOO_MIRROR and JSEG_CACHE_DIR apply as when downloading.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.checkpoint.zoo import MODELS, cache_dir, cached_path, source_url  # noqa: E402
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
+from jseg.checkpoint.zoo import MODELS, cache_dir, cached_path, source_url
+from jseg.utils.cli import ToolParser, run_main
 
 
 def main(argv=None):

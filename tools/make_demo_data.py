@@ -6,14 +6,11 @@
 Deterministic: the same arguments give the same files. Existing files are kept, so an
 interrupted run can be restarted.
 """
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
-from jseg.data.demo import make_demo_data  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main
+from jseg.data.demo import make_demo_data
 
 
 def main(argv=None):

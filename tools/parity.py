@@ -24,13 +24,12 @@ Exit codes: 0 within tolerance (rel <= 1e-4, agreement >= 99.9%), 3 beyond it,
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
-from jseg.config import load_config  # noqa: E402  (jseg configures Jittor)
-from jseg.checkpoint.zoo import fetch_source, is_remote  # noqa: E402
+from jseg.utils.cli import ToolParser, run_main
+from jseg.config import load_config  # jseg configures Jittor
+from jseg.checkpoint.zoo import fetch_source, is_remote
 
 
 def parse_args(argv=None):

@@ -27,10 +27,8 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jseg.utils.cli import ToolParser, run_main  # noqa: E402
-from jseg.config import ConfigError, load_config  # noqa: E402  (jseg configures Jittor)
+from jseg.utils.cli import ToolParser, run_main
+from jseg.config import ConfigError, load_config  # jseg configures Jittor
 
 logger = logging.getLogger("jseg")
 

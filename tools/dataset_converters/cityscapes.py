@@ -16,13 +16,10 @@ Restartable: label maps that already exist are kept (--overwrite makes them agai
 """
 import io
 import os
-import sys
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from jseg.utils.cli import run_main  # noqa: E402
-from jseg.data.converters import (ConvertError, converter_parser, find_files,  # noqa: E402
+from jseg.utils.cli import run_main
+from jseg.data.converters import (ConvertError, converter_parser, find_files,
                                   is_complete, require_dir, run_cli, run_tasks,
                                   write_bytes, write_lines)
 

@@ -16,16 +16,14 @@ Output, next to each map:
 Restartable: maps that already exist are kept (--overwrite makes them again).
 """
 import os
-import sys
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from jseg.utils.cli import run_main  # noqa: E402
-from jseg.data.converters import (ConvertError, converter_parser, id_lut, is_complete,  # noqa: E402
+from jseg.utils.cli import run_main
+from jseg.data.converters import (ConvertError, converter_parser, id_lut, is_complete,
                                   require_dir, run_cli, run_tasks, write_png)
 
 SPLITS = ("train2017", "val2017")

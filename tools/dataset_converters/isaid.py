@@ -24,19 +24,17 @@ Restartable: an image whose patches all exist is skipped (--overwrite makes them
 """
 import os
 import struct
-import sys
 import zipfile
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from jseg.utils.cli import run_main  # noqa: E402
-from jseg.data.converters import (ConvertError, converter_parser, colours_to_ids,  # noqa: E402
+from jseg.utils.cli import run_main
+from jseg.data.converters import (ConvertError, converter_parser, colours_to_ids,
                                   decode_image, find_files, is_complete, require_dir,
                                   run_cli, run_tasks, write_bytes, write_png)
-from jseg.data.palettes import PALETTES  # noqa: E402
+from jseg.data.palettes import PALETTES
 
 SPLITS = ("train", "val")
 MASK_SUFFIX = "_instance_color_RGB.png"

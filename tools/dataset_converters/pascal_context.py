@@ -24,15 +24,13 @@ Restartable: PNGs that already exist are kept (--overwrite makes them again).
 """
 import json
 import os
-import sys
 from collections import Counter, defaultdict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from jseg.utils.cli import run_main  # noqa: E402
-from jseg.data.converters import (ConvertError, converter_parser, decode_coco_rle,  # noqa: E402
+from jseg.utils.cli import run_main
+from jseg.data.converters import (ConvertError, converter_parser, decode_coco_rle,
                                   is_complete, require_dir, require_file, run_cli,
                                   run_tasks, write_lines, write_png)
 

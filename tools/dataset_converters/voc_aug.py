@@ -21,15 +21,13 @@ Needs the optional package scipy to read the .mat files (pip install scipy).
 Restartable: PNGs that already exist are kept (--overwrite makes them again).
 """
 import os
-import sys
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from jseg.utils.cli import run_main  # noqa: E402
-from jseg.data.converters import (ConvertError, converter_parser, find_files,  # noqa: E402
+from jseg.utils.cli import run_main
+from jseg.data.converters import (ConvertError, converter_parser, find_files,
                                   is_complete, require_dir, require_file, run_tasks,
                                   run_cli, write_lines, write_png)
 
