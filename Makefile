@@ -17,7 +17,7 @@ $(RUNTIME_STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[plot]"
 	@# Where the CUDA toolkit is 13 (Jittor 1.3.11 cannot build with it as released), patch
-	@# Jittor's CUDA sources; see README "GPU". Hash-checked, idempotent, CPU builds unchanged.
+	@# Jittor's CUDA sources; see docs/gpu.md "CUDA 13". Hash-checked, idempotent, CPU builds unchanged.
 	$(PY) tools/jittor_cuda13.py apply --if-cuda13
 	@# Compiles Jittor's core on a new machine (a few minutes), then reports the device.
 	$(PY) tools/check_env.py

@@ -3,7 +3,9 @@
 Every test that runs a network uses TINY_OVERRIDES with the demo config, so that all of
 them share the same few Jittor kernels (each new op shape compiles once, seconds each).
 """
+import inspect
 import os
+import re
 
 import pytest
 
@@ -72,3 +74,33 @@ def tiny_weights(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("w") / "tiny.pkl")
     write_checkpoint(path, {"state_dict": {k: v.numpy() for k, v in model.state_dict().items()}})
     return path
+
+
+# A test is slow when it, or a fixture it uses, starts another process (run_net, a tool, mpirun,
+# the PyTorch worker) or runs the PyTorch references: `pytest -m "not slow"` is the quick loop.
+# The rule is read from the source, so a new test is marked without anyone remembering to.
+SLOW_SIGNS = re.compile(r"subprocess|Popen|run_net\(|run_python\(|_run\(|MPIRUN|mpirun|"
+                        r"TorchProcess|importorskip\(\"(torch|mmseg|mmengine)\"\)|"
+                        r"import torch\b|from mmseg|tools_main\(")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts another process or runs the PyTorch "
+                                       "references (deselect with -m \"not slow\")")
+
+
+def _source(obj):
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        funcs = [getattr(item, "function", None)]
+        info = getattr(item, "_fixtureinfo", None)
+        if info is not None:
+            funcs += [d.func for defs in info.name2fixturedefs.values() for d in defs]
+        if any(SLOW_SIGNS.search(_source(f)) for f in funcs if f is not None):
+            item.add_marker(pytest.mark.slow)

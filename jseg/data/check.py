@@ -3,29 +3,11 @@
 A dataset that is subtly wrong (raw Cityscapes label ids, ADE20K labels without
 reduce_zero_label, colour PNGs, half the labels missing) otherwise shows up only as an
 mIoU near 0 after days of training. `check_dataset(cfg)` lists each split as the loader
-does (`jseg.data.datasets.list_samples`), reads every image header and every label in
-worker processes, and returns a `Report`:
+does, reads every image header and every label in worker processes, and returns a `Report`
+of errors (what the loader refuses or would train wrongly on) and warnings (counts, class
+coverage); what is checked: `check_dataset`. Only numpy, Pillow, OpenCV and tqdm are
+imported here (no Jittor).
 
-- files: images and labels found, against the benchmark's standard split size
-  (`DatasetInfo.num_samples`; none for iSAID patches and custom data). A different count
-  is a warning, since a subset can be intended;
-- unpaired files (images without a label, labels without an image, names of a split file
-  with no file), unreadable or truncated files, labels of another size than their image
-  (an image's EXIF orientation is applied, as OpenCV does when decoding it), colour label
-  PNGs (the loader needs single-channel class ids), label values that are not a class id
-  after reduce_zero_label nor the ignore index 255, with the likely cause: these are
-  errors, as the loader refuses the data or trains on the wrong ids;
-- the pixels and labels of every class after reduce_zero_label (as the loader applies it),
-  classes never seen, labels with ignored pixels only, a reduce_zero_label setting that
-  does not fit the labels: warnings.
-
-Images are not decoded: Pillow reads their size from the header, and the end of the file is
-checked for the JPEG / PNG end marker (a file without one is decoded as the loader would,
-to tell a truncated file from one with trailing bytes). Labels are decoded by the loader's
-own `read_label`. Only numpy, Pillow, OpenCV and tqdm are imported here (no Jittor).
-
-    from jseg.config import load_config
-    from jseg.data.check import check_dataset
     report = check_dataset(load_config("configs/segnext/segnext_mscan-t_ade20k-512x512.yaml"),
                            splits=("train", "val"), workers=8)
     print(report.text())      # ends with "verdict: OK", "verdict: WARNINGS (n)" or "verdict: ERRORS (n)"
@@ -691,7 +673,25 @@ def check_dataset(cfg, splits=("train", "val"), workers=1, progress=False, sourc
     `splits`: which of "train" and "val"; `workers`: processes reading the files (1: this
     one); `progress`: show a tqdm bar on stderr; `source`: the config file, for the header.
     A data_root or image folder that is missing or holds no images, a missing label folder
-    or split file raise DataError (nothing to check); everything else is a finding.
+    or split file raise DataError (nothing to check); everything else is a finding:
+
+    - files: images and labels found, against the benchmark's standard split size
+      (`DatasetInfo.num_samples`; none for iSAID patches and custom data). A different
+      count is a warning, since a subset can be intended;
+    - unpaired files (images without a label, labels without an image, names of a split
+      file with no file), unreadable or truncated files, labels of another size than their
+      image (an image's EXIF orientation is applied, as OpenCV does when decoding it),
+      colour label PNGs (the loader needs single-channel class ids), label values that are
+      not a class id after reduce_zero_label nor the ignore index 255, with the likely
+      cause: these are errors, as the loader refuses the data or trains on the wrong ids;
+    - the pixels and labels of every class after reduce_zero_label (as the loader applies
+      it), classes never seen, labels with ignored pixels only, a reduce_zero_label setting
+      that does not fit the labels: warnings.
+
+    Images are not decoded: Pillow reads their size from the header, and the end of the
+    file is checked for the JPEG / PNG end marker (a file without one is decoded as the
+    loader would, to tell a truncated file from one with trailing bytes). Labels are
+    decoded by the loader's own `read_label`.
     """
     data = cfg["data"]
     ctx = _context(data)

@@ -1,29 +1,18 @@
 """Segmentation datasets: one table of the six benchmarks plus a custom kind.
 
-A dataset lists (image, label) pairs once, when it is built, either by scanning
-`img_dir` recursively for files ending with the image suffix (sorted; the
-label is the same relative path with the label suffix, under `ann_dir`) or
-from split files that name one sample per line (`name + suffix`). Several
-(ann_dir, split) pairs may be given for one img_dir, as VOC + SBD "aug" does.
-`list_samples` does the listing alone and returns the files that do not pair up
-instead of raising (tools/check_dataset.py reports them all).
-
-`dataset[i]` reads one sample:
+A dataset lists (image, label) pairs once, when it is built: by scanning `img_dir`
+recursively (`_scan`; the label is the same relative path with the label suffix, under
+`ann_dir`) or from split files that name one sample per line, several (ann_dir, split)
+pairs for one img_dir as VOC + SBD "aug" does. `list_samples` does the listing alone and
+returns the files that do not pair up instead of raising. `dataset[i]` reads one sample:
 
     {"img": (H, W, 3) uint8, RGB when to_rgb else BGR as OpenCV reads it,
      "seg": (H, W) uint8 class ids after reduce_zero_label, 255 = ignore (None without ann_dir),
      "img_path": str, "seg_path": str or None, "ori_shape": (H, W), "index": i}
 
-Images are decoded by OpenCV (as mmcv does), labels by Pillow without any
-conversion (palette PNGs give their indices, as mmseg's LoadAnnotations).
-Anything wrong with the files raises `DataError` naming the file and the
-problem: a missing folder or split file, unpaired images or labels, an
-unreadable or truncated file, a label of another size than its image, or
-label values outside [0, num_classes) other than the ignore index.
-
-Symlinked folders under img_dir / ann_dir are followed (datasets are often linked
-in), but no real folder is read twice: a link back to an ancestor (a loop) or a
-second link to a folder already scanned is skipped with a warning.
+Images are decoded by OpenCV (as mmcv does), labels by Pillow without any conversion
+(palette PNGs give their indices, as mmseg's LoadAnnotations). Anything wrong with the
+files raises `DataError` naming the file and the problem.
 """
 import hashlib
 import io
@@ -419,6 +408,11 @@ def _split_pairs(out, ann_root, split_path):
 
 class SegDataset:
     """Image/label pairs of one split; `dataset[i]` reads and checks sample i.
+
+    Raises `DataError` naming the file and the problem: a missing folder or split file,
+    unpaired images or labels (when built), an unreadable or truncated file, a label of
+    another size than its image, or label values outside [0, num_classes) other than the
+    ignore index (when read).
 
     Args:
         data_root: dataset folder; img_dir, ann_dir and split are relative to it

@@ -10,32 +10,9 @@ A transform is called as `t(results, rng)` and returns `results`, a dict with
     scale_factor (w_scale, h_scale) from the file to img_shape
     flip         whether the image was flipped horizontally
 
-Random transforms draw only from the `rng` argument (a `numpy.random.Generator`),
-never from a global RNG, so a sample's augmentation is a pure function of its
-seed. Label maps are always resized with nearest-neighbour interpolation.
-
-The numbers follow mmcv 2.x / mmsegmentation 1.x:
-- rescale (keep_ratio): factor = min(long_target / long_edge, short_target / short_edge),
-  new size = (int(w * factor + 0.5), int(h * factor + 0.5)) (mmcv `rescale_size`);
-- RandomResize: ratio ~ U[r0, r1), target = (int(scale_w * ratio), int(scale_h * ratio));
-- one difference: every computed side is at least 1 pixel, where mmcv rounds a thin
-  image's side to 0 (1 row * 0.41 + 0.5 -> 0) and OpenCV then fails; an image
-  without pixels is refused with a ValueError;
-- RandomCrop: offsets uniform in [0, margin]; with cat_max_ratio < 1, up to 10
-  re-draws until the crop holds > 1 class (ignore excluded) and none covers
-  `cat_max_ratio` or more of it;
-- PhotoMetricDistortion: brightness, then contrast (first or last, 50/50), saturation
-  and hue in OpenCV's 8-bit HSV (H in [0, 180)); each step with probability 0.5.
-  mmseg distorts the BGR image it loaded; we distort whichever order the image is
-  in (`channel_order`) with the matching OpenCV conversion, which gives the same
-  pixels, so RGB-loaded data matches mmseg's BGR-distort-then-convert exactly;
-- Pad puts padding at the bottom and right (image 0 after normalisation, label 255).
-
-Test-time inputs are made a multiple of `size_divisor` either by padding (mmseg
-1.x; predictions must be cropped back to `img_shape`) or by resizing (mmseg 0.x
-ResizeToMultiple, used by the official SegNeXt and Jittor/JSeg). Multi-scale test views
-scale the image by each ratio, but never beyond test_scale times the ratio (see
-`build_tta_pipelines`). `restore_prediction` maps a score map back to the original image.
+Random transforms draw only from `rng`, never from a global RNG, so a sample's augmentation
+is a pure function of its seed. The numbers follow mmcv 2.x / mmsegmentation 1.x (each
+transform's docstring); label maps are always resized nearest-neighbour.
 """
 import cv2
 import numpy as np
@@ -60,7 +37,11 @@ def rescale_size(size, scale):
     """New (w, h) and factor for a keep-ratio resize of `size` = (w, h).
 
     `scale` is a number (the factor itself) or a pair: the image becomes as large
-    as possible with its long edge <= max(scale) and short edge <= min(scale).
+    as possible with its long edge <= max(scale) and short edge <= min(scale), i.e.
+    factor = min(long_target / long_edge, short_target / short_edge) and the new size
+    (int(w * factor + 0.5), int(h * factor + 0.5)) as mmcv's `rescale_size`, except that
+    every side is at least 1 pixel, where mmcv rounds a thin image's side to 0
+    (1 row * 0.41 + 0.5 -> 0) and OpenCV then fails.
     """
     w, h = size
     if np.isscalar(scale):
@@ -197,7 +178,8 @@ class RandomResize:
     """Resize to `scale` times a ratio drawn from U[ratio_range) (mmcv RandomResize).
 
     scale: (w, h); with keep_ratio only its long and short values matter. ratio_range
-    None: no randomness, same as Resize(scale, keep_ratio).
+    None: no randomness, same as Resize(scale, keep_ratio). The target is
+    (int(scale_w * ratio), int(scale_h * ratio)), at least 1 pixel a side.
     """
 
     def __init__(self, scale, ratio_range=(0.5, 2.0), keep_ratio=True):
@@ -226,7 +208,9 @@ class RandomResize:
 
 
 class RandomCrop:
-    """Random (h, w) crop; with cat_max_ratio < 1 retries up to 10 times (mmseg rule)."""
+    """Random (h, w) crop, offsets uniform in [0, margin]; with cat_max_ratio < 1, up to 10
+    re-draws until the crop holds > 1 class (ignore excluded) and none covers
+    `cat_max_ratio` or more of it (mmseg rule)."""
 
     def __init__(self, crop_size, cat_max_ratio=1.0, ignore_index=255):
         self.crop_size = _as_hw(crop_size)
@@ -298,7 +282,10 @@ class PhotoMetricDistortion:
 
     Order: brightness; a coin picks contrast first (1) or last (0); saturation; hue.
     Each of the four is applied with probability 0.5. Values are clipped to
-    [0, 255] and truncated to uint8 after every step, as upstream.
+    [0, 255] and truncated to uint8 after every step, as upstream. Saturation and hue work
+    in OpenCV's 8-bit HSV (H in [0, 180)). mmseg distorts the BGR image it loaded; we
+    distort whichever order the image is in with the matching OpenCV conversion, which
+    gives the same pixels, so RGB-loaded data matches mmseg's BGR-distort-then-convert.
     """
 
     def __init__(self, brightness_delta=32, contrast_range=(0.5, 1.5),
@@ -475,7 +462,11 @@ def _test_tail(data_cfg, normalize, flip=False):
 def build_test_pipeline(data_cfg, normalize=True):
     """Resize(test_scale, test_keep_ratio) -> [ResizeToMultiple] -> Normalize -> [Pad to multiple].
 
-    Test pipelines leave the label map alone (metrics use the original labels).
+    Test pipelines leave the label map alone (metrics use the original labels). Inputs are
+    made a multiple of `size_divisor` either by padding (mmseg 1.x; predictions must be
+    cropped back to img_shape, `restore_prediction`) or by resizing (mmseg 0.x
+    ResizeToMultiple, used by the official SegNeXt and Jittor/JSeg), as
+    `size_divisor_mode` says.
     """
     resize = Resize(data_cfg["test_scale"], keep_ratio=data_cfg["test_keep_ratio"])
     return Compose([resize] + _test_tail(data_cfg, normalize))

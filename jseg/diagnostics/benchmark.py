@@ -1,51 +1,16 @@
 """Speed and memory of a SegNeXt: eval-mode inference or one training step, optionally
-against mmsegmentation 1.2.2's PyTorch model in the same run. Used by tools/benchmark.py.
+against mmsegmentation 1.2.2's PyTorch model and onnxruntime in the same run. Used by
+tools/benchmark.py.
 
-What one iteration is:
-- infer: `model.inference(img)` (whole or slide, as the config's test_cfg says) in eval mode
-  under `jt.no_grad()`, then `jt.sync_all(True)`; reported per image (iteration / batch).
-- train: forward with a random label map, `optimizer.backward(loss)`, `jt.sync_all()`,
-  `optimizer.step()` (AdamW with the config's parameter groups, as the trainer does), then
-  `jt.sync_all(True)` so that the lazily executed update is inside the timed step.
-Input and labels are seeded random arrays made once, before timing. The first iterations
-compile Jittor's kernels for the shapes (seconds each): they are the warm-up, not timed.
-Reported: median, quartiles and min / max of the timed iterations, images per second
-(batch / median iteration time) and peak memory: on CPU the peak resident set size of the
-process (`resource.getrusage`, Python and the framework included); on GPU the most memory
-Jittor's allocator held (used + cached, sampled after every step).
-
-Threads (`set_threads`): one number for both frameworks. Jittor's CPU matmuls and
-convolutions run in oneDNN, and jseg's own CPU kernels (`jseg.ops`), on GNU
-OpenMP, which reads OMP_NUM_THREADS when it is loaded; we set that variable and, if libgomp
-is already loaded, also call its omp_set_num_threads, so the setting holds before or after
-`import jittor`. Jittor's own generated loops (the remaining element-wise ops, reductions)
-run on one core whatever the number. torch gets OMP_NUM_THREADS in its environment and
-`torch.set_num_threads(n)`. The default is OMP_NUM_THREADS if set, else the CPUs this process
-may run on. The report shows the count read back from each runtime.
-
-The PyTorch side (`vs_torch=True`) is mmseg's EncoderDecoder built from the same config
-(`jseg.diagnostics.parity.mmseg_model_dict`) with our weights copied into it (our key names are
-mmseg 1.x's, minus `num_batches_tracked`), fed the same arrays; torch.optim.AdamW with one
-parameter group for training. Both models draw their own random NMF bases every forward,
-as upstream does. It runs in a child process (same Python) that answers one iteration per
-request over a pipe, and rounds alternate: J T, T J, J T, ... (the order flips every round,
-so slow drifts of machine load hit both alike). torch and Jittor can share a process
-(jseg.diagnostics.parity does), but a child gives each framework its own peak RSS and keeps their
-two OpenMP runtimes (the system's libgomp, torch's bundled one) in separate processes.
-For the same reason jseg starts Jittor with FIX_TORCH_ERROR=0 (`jseg.platform.env`): otherwise
-`import jittor` imports torch whenever it is installed. The ratio printed is Jittor's median
-time / torch's median time. CPU only: the parity extra installs torch's CPU build.
-
-The child's side and its pipe protocol: jseg.diagnostics.torch_worker.
-
-The onnxruntime side (`vs_onnxruntime=True`, inference only, whole-image test mode): the
-same model with the same weights exported by `jseg.export.onnx` (seeded constant NMF bases:
-the same work as our random ones), run by an onnxruntime CPU session with
-intra_op_num_threads = threads, in this process, in the same alternating rounds. Its
-threads do not spin when idle (session.intra_op.allow_spinning 0): onnxruntime's default
-polling took the cores from the run after it (the PyTorch child's times rose from ~420 to
-~730 ms for SegNeXt-T). Its peak memory is not separable from ours (one process), so none
-is reported for it.
+One iteration is `model.inference(img)` under `jt.no_grad()` (infer, reported per image) or
+forward, backward and AdamW step (train), each ended by `jt.sync_all(True)` so that lazily
+executed work is inside the timed step; the first iterations compile kernels and are not
+timed. Reported: median, quartiles, min / max, images per second and peak memory (CPU: the
+process's peak RSS; GPU: the most memory Jittor's allocator held). `set_threads` gives both
+frameworks the same thread count. PyTorch runs in a child process (`TorchProcess`; its pipe
+protocol: jseg.diagnostics.torch_worker), onnxruntime in this one (`OnnxRuntimeBench`), in
+rounds whose order alternates. The measuring protocol in full, and why: docs/performance.md,
+"How tools/benchmark.py measures".
 """
 import ctypes
 import json
@@ -437,7 +402,8 @@ def hardware_floor(model, channels, shape, median_ms):
 def run_benchmark(cfg, mode="infer", shape=(512, 512), batch=1, iters=10, warmup=2,
                   checkpoint=None, vs_torch=False, threads=None, seed=0, config_name=None,
                   vs_onnxruntime=False, floor=False):
-    """Time `iters` iterations after `warmup` of the model of `cfg`; see the module docstring.
+    """Time `iters` iterations after `warmup` of the model of `cfg`; see the module docstring
+    and docs/performance.md ("How tools/benchmark.py measures").
 
     threads: None for `default_threads()`. Returns a dict: the settings, "env" (versions and
     device), "load" (1-min load average before and after), "threads" ({framework: count read

@@ -1,40 +1,16 @@
 """One prepared check of jseg on a GPU, made for a short slot: rows in priority order, each
 one printed and appended to a JSON-lines file the moment it is measured.
 
-Tasks (`plan_tasks`), most wanted first; each gives one or more rows
-(section, check, result, verdict) with verdict "ok", "FAIL", "info" or "skip":
-1. environment (`jseg.platform.env.environment_report`). On a GPU run it is also the gate
-   (`cuda_gate`): a GPU whose Jittor is not on CUDA, or runs without cuBLAS / cuDNN, stops
-   the check at once (`GateError`) instead of timing the CPU in the GPU's place.
-2. logits: SegNeXt-T at `size` (512x512), seeded weights, pinned NMF bases, the GPU's logits
-   against jseg's CPU ones at the parity tests' tolerances (max|gpu - cpu| / max|cpu| <= 1e-4,
-   argmax agreement >= 99.9%).
-3. T inference ms/img (batch 1, fp32) and mmseg's on the same device.
-4. `steps` (20) fp32 training iterations of the demo config on the demo data (every loss
-   finite, the last five lower than the first five on average); T training s/step (batch 2,
-   AdamW, fp32) and mmseg's.
-5. the same training with `train.amp=true` (and its loss scale); T inference and training
-   in AMP.
-6. resume: 4 iterations straight vs 2, then `--resume auto`, 2 more: same losses and weights.
-7. S, B, L: S logits, then each variant's inference and training rows as for T.
-
-mmseg runs in a child process (`jseg.diagnostics.benchmark.TorchProcess`) whose Python path
-is `mmseg_path` when given: on a host where Jittor needs numpy 1 first on its path, the
-child keeps the host's numpy 2 and torch.
-
-`Runner` keeps the slot: `deadline` (seconds from the runner's start) skips every task not
-started in time (rows "skip"); a task still running at the deadline is interrupted: the
-Python stacks of every thread are dumped, the table is printed and the process exits (code
-4). Jittor holds the GIL inside a sync, so that happens when Python next runs; faulthandler
-dumps the stacks 5 s before the deadline from C whatever holds the GIL, and tools/gpu_run.py
-kills the process a little after it. `done` (ids of tasks measured by an earlier run,
-`read_done`) are not run again. A fatal signal ends the process instead of hanging it in
-Jittor's handler, and a child ended by a signal does not end it
-(`jseg.platform.env.replace_jittor_signal_handlers`).
-
-`quick=True` is the CPU smoke run the tests use: 64x64, SegNeXt-T only, 4 steps; without a
-GPU the "GPU" side is the CPU with jseg's kernels off (`jseg.ops.disabled()`, the maths that
-runs on CUDA) and the AMP rows say "CUDA only".
+Each task gives one or more rows (section, check, result, verdict), verdict "ok", "FAIL",
+"info" or "skip": first the environment, which on a GPU is also the gate (`cuda_gate`: a
+GPU whose Jittor is not on CUDA, or runs without cuBLAS / cuDNN, stops the check with
+`GateError` instead of timing the CPU in the GPU's place), then `plan_tasks` (logits
+against the CPU, speed, training, AMP, resume, the larger variants). mmseg runs in a child
+process (`jseg.diagnostics.benchmark.TorchProcess`) whose Python path is `mmseg_path` when
+given, so it keeps the host's numpy 2 and torch. `Runner` keeps the slot's deadline and
+skips tasks an earlier run measured. `quick=True` is the CPU smoke run the tests use (64x64,
+SegNeXt-T only, 4 steps; the "GPU" side is the CPU with jseg's kernels off,
+`jseg.ops.disabled()`, and the AMP rows say "CUDA only"). User's guide: docs/gpu.md.
 """
 import contextlib
 import faulthandler
@@ -290,7 +266,21 @@ class _MmsegWorker:
 
 
 def plan_tasks(jt, cuda, variants, size, steps, iters, data_root, small, tmp, mmseg):
-    """The measuring tasks in priority order, after the environment (module docstring)."""
+    """The measuring tasks in priority order, after the environment (and its gate):
+
+    1. logits: SegNeXt-T at `size` (512x512), seeded weights, pinned NMF bases, the GPU's
+       logits against jseg's CPU ones at the parity tests' tolerances
+       (max|gpu - cpu| / max|cpu| <= 1e-4, argmax agreement >= 99.9%).
+    2. T inference ms/img (batch 1, fp32) and mmseg's on the same device.
+    3. `steps` (20) fp32 training iterations of the demo config on the demo data (every
+       loss finite, the last five lower than the first five on average); T training s/step
+       (batch 2, AdamW, fp32) and mmseg's.
+    4. the same training with `train.amp=true` (and its loss scale); T inference and
+       training in AMP.
+    5. resume: 4 iterations straight vs 2, then `--resume auto`, 2 more: same losses and
+       weights.
+    6. S, B, L: S logits, then each variant's inference and training rows as for T.
+    """
     speed = _Speed(jt, cuda, size, iters, mmseg)
     tasks = []
 
@@ -353,7 +343,14 @@ def read_done(path):
 
 class Runner:
     """Runs tasks in order, streaming each row (`out` and the JSON-lines file `jsonl`),
-    within `deadline` seconds of its creation (None: no deadline), skipping ids in `done`."""
+    within `deadline` seconds of its creation (None: no deadline), skipping ids in `done`.
+
+    A task not started by the deadline is skipped (rows "skip"); one still running at the
+    deadline is interrupted: the Python stacks of every thread are dumped, the table is
+    printed and the process exits (code 4). Jittor holds the GIL inside a sync, so that
+    happens when Python next runs; faulthandler dumps the stacks 5 s before the deadline
+    from C whatever holds the GIL, and tools/gpu_run.py kills the process a little after it.
+    `done`: ids of tasks measured by an earlier run (`read_done`)."""
 
     def __init__(self, jsonl=None, deadline=None, done=(), out=print, exit=os._exit):
         self.start = time.monotonic()
@@ -440,7 +437,10 @@ class Runner:
 def run_gpu_check(quick=False, variants=None, size=None, steps=None, iters=5, with_mmseg=True,
                   mmseg_path=None, data_root=None, train_overrides=None, jsonl=None,
                   deadline=None, done=(), out=print, runner=None):
-    """Run the plan; returns the rows of this run. See the module docstring.
+    """Run the plan; returns the rows of this run. See the module docstring and
+    `plan_tasks`. Once Jittor has started, a fatal signal ends the process instead of
+    hanging it in Jittor's handler, and a child ended by a signal does not end it
+    (`jseg.platform.env.replace_jittor_signal_handlers`).
 
     with_mmseg: time mmseg's model too (where the child can import it; a row says when it
     cannot). mmseg_path: the child's Python path (default: this process's).

@@ -1,31 +1,16 @@
 """Start Jittor offline on whatever machine this is, and describe the result.
 
-Jittor reads its settings from environment variables when it is first imported,
-so `configure_jittor()` must run before `import jittor`; `jseg/__init__.py`
-calls it, which makes every `import jseg...` safe (after `import jittor`,
-`adopt_imported_jittor` sets what Jittor still reads and warns about the rest). It
-decides four things:
-
-- device and CUDA toolkit (`jseg.platform.toolkit`): without an NVIDIA driver (no
-  `/dev/nvidia*`, no `libcuda.so.1`) Jittor is told there is no nvcc, so it starts on
-  CPU instead of failing on a missing libcudart; with one, Jittor gets the toolkit
-  `choose_toolkit` picks (a CUDA 12 nvcc, Jittor's jtcuda, or CUDA 13 once
-  `tools/jittor_cuda13.py apply` has patched Jittor), or CPU with one warning that
-  names the fix. `JSEG_DEVICE=cpu` forces CPU on a GPU machine.
-- oneDNN: Jittor downloads its oneDNN archive on first use unless it is
-  already in its cache or shipped by the `jittor-offline` package. If neither
-  is present we switch oneDNN off (`use_mkl=0`, about 40x slower convolutions)
-  with one warning, instead of letting Jittor try the network.
-- torch: Jittor would import torch at start-up when installed; we turn that
-  off (`FIX_TORCH_ERROR=0`), see `configure_jittor`.
-- kernel compiles run on the calling thread (`use_parallel_op_compiler=0`), see
-  `configure_jittor`.
-- OpenMP threads that wait spin 1000 rounds, not GNU OpenMP's 300,000, before they
-  sleep (`GOMP_SPINCOUNT`), so that a busy neighbour on the same cores costs at
-  most about 2x, see `configure_jittor`.
-- Jittor's start-up log is off unless `JSEG_VERBOSE=1`, and after `import jittor`
-  Ctrl-C raises KeyboardInterrupt again (Jittor's handler quits at once), see
-  `_quiet_jittor_start`.
+Jittor reads its settings from environment variables when it is first imported, so
+`configure_jittor()` must run before `import jittor`; `jseg/__init__.py` calls it, which
+makes every `import jseg...` safe (after `import jittor`, `adopt_imported_jittor` sets what
+Jittor still reads and warns about the rest). Leaving every variable the user set alone, it
+decides: the device and CUDA toolkit (`jseg.platform.toolkit`; no NVIDIA driver: CPU,
+`JSEG_DEVICE=cpu` forces it), oneDNN (off with one warning when no offline copy exists,
+never a download), no torch beside Jittor (`FIX_TORCH_ERROR=0`), kernel compiles on the
+calling thread, OpenMP's spin count (`GOMP_SPINCOUNT`) and OpenBLAS's idle timeout, and a
+quiet start (`_quiet_jittor_start`: Jittor's start-up log off unless `JSEG_VERBOSE=1`,
+Ctrl-C raising KeyboardInterrupt again). Each setting's reason is a comment in
+`configure_jittor`; measurements in docs/environment.md. `environment_report` describes it.
 """
 import contextlib
 import ctypes
