@@ -39,7 +39,7 @@ test: $(TEST_STAMP)
 
 # The slow parity cases too (B/L eval, S training step) against mmsegmentation.
 parity: $(TEST_STAMP)
-	JSEG_PARITY_ALL=1 $(PY) -m pytest -q tests/test_parity.py
+	JSEG_PARITY_ALL=1 $(PY) -m pytest -q tests/diagnostics/test_parity.py
 
 DEMO_CFG  := configs/demo/segnext_mscan-t_demo.yaml
 DEMO_DIR  := work_dirs/demo

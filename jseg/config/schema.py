@@ -15,7 +15,7 @@ _DROP_RATE = between(0, 1, "[)")  # 1 would drop everything
 
 # Class counts of the dataset kinds (`data.type`); "custom" takes len(data.classes).
 # The names are in jseg.data.palettes.CLASSES (config, the bottom layer, does not import
-# jseg.data; tests/test_config.py checks that the two agree).
+# jseg.data; tests/config/test_config.py checks that the two agree).
 DATASET_NUM_CLASSES = {"ade20k": 150, "cityscapes": 19, "voc_aug": 21, "coco_stuff164k": 171,
                        "pascal_context59": 59, "isaid": 16}
 

@@ -1,6 +1,6 @@
 """Numerical parity with the PyTorch reference, mmsegmentation 1.2.2's SegNeXt.
 
-Shared by `tools/parity.py` and `tests/test_parity.py`; the reference stack is optional
+Shared by `tools/parity.py` and `tests/diagnostics/test_parity.py`; the reference stack is optional
 (`pip install -e .[parity]`) and runs in this same process. Compared, with the same weights
 and the same NMF bases on both sides (`PinnedBases`: NMF2D draws new random bases in every
 forward, so only pinned bases compare):

@@ -58,14 +58,15 @@ import numpy as np
 from jittor import nn
 
 from jseg.models.ham_head import NMF_EPS, Hamburger, LightHamHead, NMF2D, seeded_bases
-from jseg.models.layers import GELU, ConvModule
+from jseg.models.layers import GELU, ConvModule, GroupNorm
+from jseg.models.losses import CrossEntropyLoss
 from jseg.models.mscan import (MSCAN, MSCAAttention, MSCABlock, MSCASpatialAttention, Mlp,
                                OverlapPatchEmbed, StemConv)
 from jseg.models.segmentor import EncoderDecoder
 from jseg.utils.atomic import atomic_write
 
-__all__ = ["MIN_OPSET", "BASES_MODES", "INSTALL_HINT", "export_onnx", "graph_bases",
-           "open_session", "run_onnx"]
+__all__ = ["MIN_OPSET", "BASES_MODES", "INSTALL_HINT", "ONNX_FORMS", "export_onnx",
+           "graph_bases", "open_session", "run_onnx"]
 
 MIN_OPSET = 17  # the first with LayerNormalization
 BASES_MODES = ("seed", "input")
@@ -433,6 +434,47 @@ def _light_ham_head(g, head, stages, stage_hw, bases):
     if head.dropout is not None:
         x = _layer(g, head.dropout, x, f"{name}.dropout")
     return _layer(g, head.conv_seg, x, f"{name}.conv_seg")
+
+
+# ---------------------------------------------------------------------------
+# Each module class of the network -> (the name of the function here that writes it, the
+# children that function reads: a regex over their attribute names). tests/export/test_export_onnx.py walks built
+# models: a class missing here, or a child its writer does not read, fails it, so a module
+# cannot change without its ONNX form (jseg.models.mscan / ham_head say the same).
+
+ONNX_FORMS = {
+    EncoderDecoder: ("export_onnx", r"backbone|decode_head"),
+    MSCAN: ("_mscan", r"(patch_embed|block|norm)[1-4]"),
+    StemConv: ("_patch_embed", r"proj"),
+    OverlapPatchEmbed: ("_patch_embed", r"proj|norm"),
+    MSCABlock: ("_mscan_block", r"norm[12]|attn|mlp|drop_path"),
+    MSCASpatialAttention: ("_spatial_attention", r"proj_[12]|activation|spatial_gating_unit"),
+    MSCAAttention: ("_msca_attention", r"conv0|conv\d+_[12]|conv3"),
+    Mlp: ("_mlp", r"fc[12]|dwconv|act|drop"),
+    LightHamHead: ("_light_ham_head", r"squeeze|hamburger|align|dropout|conv_seg|loss_decode"),
+    Hamburger: ("_hamburger", r"ham_in|ham|ham_out"),
+    NMF2D: ("_nmf", r""),
+    ConvModule: ("_conv_module", r"conv|gn|activate"),
+    nn.Sequential: ("_layer", r"\d+"),
+    nn.Conv: ("_layer", r""),  # DepthwiseConv2d, PointwiseConv2d
+    nn.BatchNorm: ("_layer", r""),
+    GELU: ("_layer", r""),
+    nn.GELU: ("_layer", r""),
+    nn.ReLU: ("_layer", r""),
+    nn.Identity: ("_layer", r""),
+    nn.Dropout: ("_layer", r""),
+    nn.Dropout2d: ("_layer", r""),
+    nn.DropPath: ("_layer", r""),
+    nn.LayerNorm: ("_channel_layer_norm", r""),  # MSCAN's stage-end norms
+    GroupNorm: ("_group_norm", r""),
+    CrossEntropyLoss: (None, r""),  # training only: not part of the graph
+}
+
+
+def onnx_form(module):
+    """(writer name, children regex) of `module`'s class or its nearest base in ONNX_FORMS;
+    None when it has none."""
+    return next((ONNX_FORMS[c] for c in type(module).__mro__ if c in ONNX_FORMS), None)
 
 
 # ---------------------------------------------------------------------------

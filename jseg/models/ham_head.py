@@ -8,6 +8,8 @@ features by a rank-R non-negative matrix factorisation of themselves (NMF2D), al
 
 Attribute names equal the PyTorch checkpoint keys (`squeeze.conv`, `squeeze.gn`,
 `hamburger.ham_in.conv`, `hamburger.ham_out.gn`, `align.conv`, `conv_seg`); never rename them.
+A changed module changes with it: its ONNX writer (jseg.export.onnx.ONNX_FORMS) and the key
+table (jseg.checkpoint.mapping); tests/models/test_forms.py and the ONNX tests fail otherwise.
 """
 import jittor as jt
 import numpy as np

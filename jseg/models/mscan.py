@@ -8,10 +8,11 @@ that gate the features), BatchNorm, a conv MLP with a 3x3 depthwise conv. Each s
 with a LayerNorm over channels. `forward` returns all four stage outputs, (B, C_i, H_i, W_i):
 features stay NCHW between blocks (the references go through (B, N, C) tokens; same math).
 
-Attribute names equal the keys of mmsegmentation 1.x checkpoints (`patch_embed1.proj.0`,
-`block2.3.attn.proj_1`, `attn.spatial_gating_unit.conv1_2`, `mlp.dwconv`, `norm4`, ...),
-so `state_dict()` has exactly mmseg's keys minus `num_batches_tracked`. Never rename them.
-(The official repo and Jittor/JSeg wrap the MLP depthwise conv once more: `mlp.dwconv.dwconv`.)
+Attribute names are mmseg 1.x's checkpoint keys (`block2.3.attn.proj_1`, `mlp.dwconv`, ...;
+the official repo and Jittor/JSeg have `mlp.dwconv.dwconv`): never rename them. A changed
+module changes with it: its ONNX writer (jseg.export.onnx.ONNX_FORMS), the fused CPU block
+(jseg.ops.fused_block) and the key table (jseg.checkpoint.mapping); tests/models/test_forms.py,
+the parity and ONNX tests fail until they agree.
 """
 import math
 

@@ -12,7 +12,7 @@ memory of its own (plus one per element-wise step, on one core in Jittor's loops
 
 `mscan_block(parts, x)` is jseg.models.mscan.MSCABlock (the reference) on these kernels.
 Tensors are (N, C, L) float32 with per-channel (C,) vectors; every kernel has a backward
-that also gives the per-channel gradients; tests/test_ops.py checks both.
+that also gives the per-channel gradients; tests/ops/test_ops.py checks both.
 """
 from dataclasses import dataclass
 

@@ -11,7 +11,7 @@ from conftest import DEMO_CONFIG, TINY_OVERRIDES
 from jseg.config import (DATASET_NUM_CLASSES, SCHEMA, Config, ConfigError, Field, MapOf,
                          describe_schema, dump_config, load_config)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
 SEGNEXT_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "segnext", "*.yaml")))
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # tools/ and weights_convert/ are top-level folders
     sys.path.insert(0, str(ROOT))
 

@@ -19,7 +19,7 @@ from jseg.data.converters import colours_to_ids, decode_coco_rle, id_lut, is_com
 from jseg.data.datasets import build_dataset
 from jseg.data.palettes import PALETTES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = os.path.join(ROOT, "tools", "dataset_converters")
 BASE = os.path.join(ROOT, "configs", "_base_", "datasets")
 CONVERTERS = ("cityscapes", "voc_aug", "coco_stuff164k", "pascal_context", "isaid")

@@ -66,7 +66,7 @@ def image(batch=2, height=64, width=64, seed=0):
 
 @pytest.mark.parametrize("variant", ["t", "s", "b", "l"])
 def test_full_models_parameters_and_keys(variant):
-    # whole models for two class counts (the other counts: tests/test_ham_head.py, head only)
+    # whole models for two class counts (the other counts: tests/models/test_ham_head.py, head only)
     for num_classes in (150, 19):
         want = TOTAL_PARAMS[variant][num_classes]
         model = build_model(shipped_model(variant, num_classes))

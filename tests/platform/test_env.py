@@ -11,7 +11,7 @@ import pytest
 
 import jseg.platform.env as env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECK_ENV = os.path.join(ROOT, "tools", "check_env.py")
 
 

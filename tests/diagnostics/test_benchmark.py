@@ -20,7 +20,7 @@ from jseg.config import load_config
 from jseg.diagnostics import benchmark
 from jseg.diagnostics.benchmark import BenchmarkError, format_report, run_benchmark, summarize
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "benchmark.py")
 SHAPE = (48, 64)
 QUICK = dict(shape=SHAPE, iters=2, warmup=1)

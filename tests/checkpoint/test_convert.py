@@ -4,7 +4,7 @@ source layout, shape checks, and the CLI.
 Full-size layouts are synthesised from the key patterns with zero-memory arrays
 (np.broadcast_to) so that T/S/B/L run in milliseconds; the shape table is checked against
 the models the shipped T/S/B/L configs build; the CLI runs on the tiny torch-made fixtures
-in tests/data/checkpoints. No torch needed.
+in tests/fixtures/checkpoints. No torch needed.
 """
 import math
 import subprocess
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # weights_convert is a top-level folder of the checkout
     sys.path.insert(0, str(ROOT))
 
@@ -27,7 +27,7 @@ from jseg.checkpoint.mapping import (ConversionError, check_against_model,  # no
                                      infer_state_shapes, is_our_key, mscan_variants,
                                      segnext_state_shapes)
 
-DATA = ROOT / "tests" / "data" / "checkpoints"
+DATA = ROOT / "tests" / "fixtures" / "checkpoints"
 SCRIPT = ROOT / "weights_convert" / "convert.py"
 TINY_FIXTURES = {"segnext_mmseg_tiny.pth": "mmseg", "segnext_official_tiny.pth": "official",
                  "mscan_imagenet_tiny.pth": "imagenet", "segnext_jseg_tiny.pkl": "jseg"}

@@ -13,7 +13,7 @@ from jseg.data.datasets import build_dataset
 from jseg.data.demo import make_demo_data, render_sample
 from jseg.data.palettes import DEMO_CLASSES, DEMO_PALETTE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = dict(num_train=4, num_val=2, size=48, seed=0)
 
 

@@ -18,7 +18,7 @@ from jseg.diagnostics.flops import count_macs, count_parameters, model_complexit
 
 from conftest import shipped_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOLERANCE = 0.03
 
 VARIANTS = ("t", "s", "b", "l")

@@ -7,7 +7,7 @@ existing file alone; the mapping inverts the mmseg conversion at full SegNeXt-T 
 tiny torch-made fixtures go mmseg -> jseg -> mmseg unchanged; the class names come from the
 checkpoint, a config or a training checkpoint's config.
 With torch: the files load with torch.load(weights_only=True), every dtype exactly.
-With the parity stack (torch + mmseg, as tests/test_parity.py): a randomised mmseg SegNeXt-T
+With the parity stack (torch + mmseg, as tests/diagnostics/test_parity.py): a randomised mmseg SegNeXt-T
 with nonzero num_batches_tracked goes mmseg -> jseg -> mmseg with every tensor identical,
 mmseg's model loads the export strictly, and mmseg.apis.init_model loads it with our classes.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -34,7 +34,7 @@ from jseg.checkpoint.safe_pickle import CheckpointError, load_checkpoint_file  #
 from jseg.export.torch_writer import save_torch_checkpoint  # noqa: E402
 from jseg.config import config_to_yaml, load_config  # noqa: E402
 
-DATA = ROOT / "tests" / "data" / "checkpoints"
+DATA = ROOT / "tests" / "fixtures" / "checkpoints"
 T_CONFIG = ROOT / "configs" / "segnext" / "segnext_mscan-t_ade20k-512x512.yaml"
 REFERENCE_REASON = "needs the PyTorch reference: pip install -e .[parity]"
 QUIET = dict(log=lambda *a: None)

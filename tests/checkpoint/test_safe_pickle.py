@@ -1,7 +1,7 @@
 """jseg.checkpoint.safe_pickle and jseg.utils.atomic: reading checkpoints safely, writing atomically.
 
-The fixtures in tests/data/checkpoints were written by real torch 2.13
-(tests/data/make_checkpoint_fixtures.py); these tests need numpy only.
+The fixtures in tests/fixtures/checkpoints were written by real torch 2.13
+(tests/fixtures/make_checkpoint_fixtures.py); these tests need numpy only.
 """
 import errno
 import hashlib
@@ -22,7 +22,7 @@ from jseg.checkpoint.safe_pickle import (JITTOR_MAGIC, CheckpointError, OpaqueOb
                                     load_checkpoint_file, sniff_checkpoint_format,
                                     unwrap_state_dict)
 
-DATA = Path(__file__).resolve().parent / "data" / "checkpoints"
+DATA = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints"
 MARKER = "PWNED_BY_CHECKPOINT"  # what the malicious fixtures try to create
 TENSOR_FILES = ["tensors_zip.pth", "tensors_legacy.pth", "tensors_pickle.pkl",
                 "tensors_bigendian.pth"]

@@ -12,7 +12,7 @@ from jseg.config import load_config
 from jseg.data.datasets import DATASETS, DataError, SegDataset, build_dataset, dataset_settings
 from jseg.data.palettes import CLASSES, PALETTES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = os.path.join(ROOT, "configs", "_base_", "datasets")
 H, W = 6, 8
 

@@ -11,7 +11,7 @@ from jseg.platform import jittor_cuda13 as fix
 from jseg.platform import toolkit as tk
 from jseg.platform.toolkit import choose_toolkit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "jittor_cuda13.py")
 
 CUDA12 = ("/usr/local/cuda-12.4/bin/nvcc", (12, 4))

@@ -14,7 +14,7 @@ from jseg.config import load_config
 from jseg.data.check import check_dataset
 from jseg.data.datasets import DataError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "check_dataset.py")
 BASE = os.path.join(ROOT, "configs", "_base_", "datasets")
 H, W = 8, 8
