@@ -25,8 +25,10 @@ SCHEMA = Section(
     work_dir=Field(Optional(str), None, "output folder; null means work_dirs/<name>"),
     seed=Field(Optional(int), None, "global random seed (weights, data order, NMF bases); null: not seeded"),
     device=Field(Choice("auto", "cpu", "cuda"), "auto", "auto: GPU when a usable one is present, else CPU"),
+    # ---- model ---------------------------------------------------
     model=Section(
         "the segmentor",
+        # ---- model.backbone --------------------------------------
         backbone=Section(
             "MSCAN encoder",
             type=Field(Choice("MSCAN"), "MSCAN", "encoder class"),
@@ -48,6 +50,7 @@ SCHEMA = Section(
                                     "false: start training even when the pretrained file "
                                     "does not cover every MSCAN tensor (the rest stay random)"),
         ),
+        # ---- model.decode_head -----------------------------------
         decode_head=Section(
             "LightHamHead decoder",
             type=Field(Choice("LightHamHead"), "LightHamHead", "decoder class"),
@@ -71,6 +74,7 @@ SCHEMA = Section(
             class_weight=Field(Optional(ListOf(float)), None,
                                "per-class loss weights, length num_classes; null: all 1",
                                at_least(0)),
+            # ---- model.decode_head.ham ---------------------------
             ham=Section(
                 "NMF2D matrix decomposition",
                 md_s=Field(int, 1, "number of groups S the channels are split into; divides "
@@ -87,6 +91,7 @@ SCHEMA = Section(
                                 "one_step: steps under no-grad (Jittor/JSeg / HamNet)"),
             ),
         ),
+        # ---- model.test_cfg --------------------------------------
         test_cfg=Section(
             "inference",
             mode=Field(Choice("whole", "slide"), "whole", "whole image or sliding window"),
@@ -98,6 +103,7 @@ SCHEMA = Section(
             tta_flip=Field(bool, True, "add horizontal flips in test-time augmentation"),
         ),
     ),
+    # ---- data ----------------------------------------------------
     data=Section(
         "dataset, augmentation and loading",
         type=Field(Choice(*DATASET_NUM_CLASSES, "custom"), "ade20k", "dataset kind"),
@@ -108,6 +114,7 @@ SCHEMA = Section(
         seg_map_suffix=Field(Optional(str), None, "label file suffix; null: the dataset's own"),
         reduce_zero_label=Field(Optional(bool), None,
                                 "label 0 -> 255 and others -1; null: the dataset's own"),
+        # ---- data.train ------------------------------------------
         train=Section(
             "training split",
             img_dir=Field(str, "images/training", "images, relative to data_root"),
@@ -116,6 +123,7 @@ SCHEMA = Section(
             split=Field(Optional(AnyOf(str, ListOf(str))), None,
                         "file(s) listing sample names; null: every image in img_dir"),
         ),
+        # ---- data.val --------------------------------------------
         val=Section(
             "validation split",
             img_dir=Field(str, "images/validation", "images, relative to data_root"),
@@ -148,6 +156,7 @@ SCHEMA = Section(
                                 "pad (mmseg 1.x) or resize (official, Jittor/JSeg) to "
                                 "size_divisor"),
     ),
+    # ---- optimizer -----------------------------------------------
     optimizer=Section(
         "AdamW",
         type=Field(Choice("adamw"), "adamw", "optimizer"),
@@ -166,6 +175,7 @@ SCHEMA = Section(
         grad_clip=Field(Optional(float), None, "clip the gradient norm to this; null: no clipping",
                         above(0)),
     ),
+    # ---- scheduler -----------------------------------------------
     scheduler=Section(
         "linear warm-up then poly decay, by iteration",
         warmup_iters=Field(int, 1500, "warm-up length; 0: no warm-up; longer than "
@@ -177,6 +187,7 @@ SCHEMA = Section(
         power=Field(float, 1.0, "poly exponent", at_least(0)),
         min_lr=Field(float, 0.0, "lr at the end, at most optimizer.lr", at_least(0)),
     ),
+    # ---- train ---------------------------------------------------
     train=Section(
         "training loop",
         max_iters=Field(int, 160000, "training iterations", at_least(1)),
@@ -194,6 +205,7 @@ SCHEMA = Section(
         tensorboard_samples=Field(int, 4, "validation images drawn (image | label | "
                                   "prediction) into TensorBoard per evaluation", at_least(0)),
     ),
+    # ---- evaluation ----------------------------------------------
     evaluation=Section(
         "metrics of --task val / test and of the evaluations during training",
         # the names of mmseg's IoUMetric(iou_metrics=...); jseg.engine.metrics.METRICS
