@@ -14,7 +14,7 @@ import numpy as np
 
 from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
 from .writer import save_checkpoint_file
-from .zoo import fetch_weights, is_remote
+from .zoo import is_remote, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +166,9 @@ def read_checkpoint(path, full=False):
     the whole object is returned too when full=True (training checkpoints hold more).
     """
     if is_remote(path):  # "zoo:NAME" or a URL: downloaded, verified, converted, cached
-        path = fetch_weights(path, log=logger.info)
-    obj = load_checkpoint_file(path)
+        _, obj = read_weights(path, log=logger.info)
+    else:
+        obj = load_checkpoint_file(path)
     state_dict, _ = unwrap_state_dict(obj)
     return state_dict, (obj if full else None)
 

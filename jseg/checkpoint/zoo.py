@@ -28,7 +28,7 @@ from .mapping import ConversionError
 from .safe_pickle import CheckpointError, load_checkpoint_file, unwrap_state_dict
 
 __all__ = ["ZooModel", "MODELS", "ZooError", "is_remote", "cache_dir", "source_url",
-           "fetch_source", "fetch_weights", "cached_path"]
+           "fetch_source", "fetch_weights", "read_weights", "cached_path"]
 
 _OPENMMLAB = "https://download.openmmlab.com/mmsegmentation/v0.5"
 
@@ -171,15 +171,6 @@ def _source_problem(raw, expected):
     return None
 
 
-def _unloadable(converted):
-    """Why the converted copy does not load (a truncated or damaged file), or None."""
-    try:
-        load_checkpoint_file(converted)
-    except CheckpointError as e:
-        return str(e)
-    return None
-
-
 def fetch_source(spec, progress=True, log=print):
     """Download (or find in the cache) the source file of `spec`, checked.
 
@@ -234,22 +225,32 @@ def fetch_weights(spec, progress=True, log=print):
     200) and a converted copy that does not load are deleted and made again, once, with a
     log line. Raises ZooError / DownloadError / CheckpointError (one line each).
     """
+    return read_weights(spec, progress, log, load=False)[0]
+
+
+def read_weights(spec, progress=True, log=print, load=True):
+    """`fetch_weights` and the checkpoint it gives, loaded: (path, object). A cached copy is
+    read once, which both checks it (a damaged copy is made again) and loads it; a copy
+    converted here is loaded only with `load` (else the object is None)."""
     entry, url = _entry(spec)
     raw, converted = _paths(entry, url)
-    damaged = os.path.exists(converted) and _unloadable(converted)
-    if os.path.exists(converted) and not damaged:
-        return converted
+    damaged = None
+    if os.path.exists(converted):
+        try:
+            return converted, load_checkpoint_file(converted)
+        except CheckpointError as e:
+            damaged = str(e)
     source, fmt = fetch_source(spec, progress=progress, log=log)
     with _locked(converted, "to convert it again (the copy there does not load)" if damaged
                  else "to convert it"):
         if os.path.exists(converted):  # bad, or converted by another process meanwhile
-            problem = _unloadable(converted)
-            if problem is None:
-                return converted
-            log(f"{problem}: deleted from the weights cache, converting {source} again")
+            try:
+                return converted, load_checkpoint_file(converted)
+            except CheckpointError as e:
+                log(f"{e}: deleted from the weights cache, converting {source} again")
             os.remove(converted)
         try:
             convert_checkpoint(source, converted, fmt, log=log)
         except ConversionError as e:  # callers of read_checkpoint expect CheckpointError
             raise ZooError(f"{spec}: {e}") from None
-    return converted
+    return converted, (load_checkpoint_file(converted) if load else None)
