@@ -24,13 +24,13 @@ __all__ = ["FREE_KEYS", "ResumeConfigError", "config_changes", "check_resume_con
 
 logger = logging.getLogger(__name__)
 
-# Dotted keys (or prefixes ending in ".") that may change on resume without a word.
+# Dotted keys, or whole sections, that may change on resume without a word.
 FREE_KEYS = (
     "name", "work_dir", "device",
     "train.max_iters", "train.log_interval", "train.eval_interval",
     "train.checkpoint_interval", "train.keep_checkpoints", "train.tensorboard",
     "train.tensorboard_samples",
-    "evaluation.", "model.test_cfg.", "data.val.", "data.num_workers", "data.test_scale",
+    "evaluation", "model.test_cfg", "data.val", "data.num_workers", "data.test_scale",
     "data.test_keep_ratio", "data.size_divisor", "data.size_divisor_mode", "data.palette",
     # read only when a run starts from scratch
     "model.backbone.pretrained", "model.backbone.pretrained_strict",
@@ -52,8 +52,8 @@ def _flat(tree, prefix=""):
 
 
 def _matches(key, names):
-    return any(key == n or (n.endswith(".") and key.startswith(n)) or key.startswith(n + ".")
-               for n in names)
+    """Is `key` one of `names`, or inside a section named there?"""
+    return any(key == n or key.startswith(n + ".") for n in names)
 
 
 def config_changes(saved_yaml, cfg):
