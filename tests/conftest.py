@@ -6,6 +6,7 @@ them share the same few Jittor kernels (each new op shape compiles once, seconds
 import inspect
 import os
 import re
+import signal
 
 import pytest
 
@@ -50,6 +51,15 @@ def shipped_model(variant, num_classes=150):
     path = os.path.join(ROOT, "configs", "segnext",
                         f"segnext_mscan-{variant}_{DATASET_CONFIGS[num_classes]}.yaml")
     return Config.unwrap(load_config(path).model)
+
+
+@pytest.fixture(autouse=True)
+def children_may_end_by_a_signal():
+    """Jittor, once a test has imported it into this process, quick-exits the process (code 1,
+    no word) when a child process ends by a signal: its SIGCHLD handler, installed from C,
+    which cannot be restored afterwards. Tests kill children on purpose, so every test starts
+    with the default handler."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

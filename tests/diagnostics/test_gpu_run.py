@@ -6,28 +6,14 @@ on Python 3.12 with the real bundle and the network cut."""
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import sysconfig
 import tarfile
 import time
 
-import pytest
-
 from conftest import ROOT
 from test_gpu_bundle import _bundle
-
-
-@pytest.fixture(autouse=True)
-def _plain_sigchld():
-    """gpu_run runs in a process without Jittor; here pytest may have imported it (an earlier
-    test file), and Jittor's SIGCHLD handler ends the process when a child dies by a signal,
-    which these tests cause on purpose."""
-    saved = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    yield
-    if saved is not None:
-        signal.signal(signal.SIGCHLD, saved)
 
 TOOL = os.path.join(ROOT, "tools", "gpu_run.py")
 sys.path.insert(0, os.path.join(ROOT, "tools"))

@@ -21,14 +21,6 @@ from conftest import DEMO_CONFIG, ROOT, TINY_OVERRIDES as TINY
 RUN_NET = os.path.join(ROOT, "tools", "run_net.py")
 
 
-@pytest.fixture(autouse=True)
-def children_may_be_killed():
-    """Jittor, once imported into this test process by other tests, quick-exits it with code 1
-    when a child process ends by a signal (its SIGCHLD handler); these tests kill children on
-    purpose. Jittor's handler was installed from C, so it cannot be restored afterwards."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-
-
 def run_net(*args, expect=0, env=None):
     out = subprocess.run([sys.executable, RUN_NET, "--no-progress", *args], capture_output=True,
                          text=True, cwd=ROOT, timeout=900, env=env)
