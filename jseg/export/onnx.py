@@ -58,7 +58,7 @@ import numpy as np
 from jittor import nn
 
 from jseg.models.ham_head import NMF_EPS, Hamburger, LightHamHead, NMF2D, seeded_bases
-from jseg.models.layers import GELU, ConvModule, GroupNorm
+from jseg.models.layers import GELU, ChannelLayerNorm, ConvModule, GroupNorm
 from jseg.models.losses import CrossEntropyLoss
 from jseg.models.mscan import (MSCAN, MSCAAttention, MSCABlock, MSCASpatialAttention, Mlp,
                                OverlapPatchEmbed, StemConv)
@@ -465,7 +465,7 @@ ONNX_FORMS = {
     nn.Dropout: ("_layer", r""),
     nn.Dropout2d: ("_layer", r""),
     nn.DropPath: ("_layer", r""),
-    nn.LayerNorm: ("_channel_layer_norm", r""),  # MSCAN's stage-end norms
+    ChannelLayerNorm: ("_channel_layer_norm", r""),  # MSCAN's stage-end norms
     GroupNorm: ("_group_norm", r""),
     CrossEntropyLoss: (None, r""),  # training only: not part of the graph
 }

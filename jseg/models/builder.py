@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import jittor as jt
 
+from jseg.ops import accelerate
+
 from .ham_head import LightHamHead, NMF2D
 from .mscan import MSCAN
 from .segmentor import EncoderDecoder
@@ -92,6 +94,9 @@ def build_model(model_cfg):
     stream at the first forward: the weights and that forward's NMF bases / DropPath masks
     would then depend on what ran first. With `jt.set_global_seed(s)` before this call the
     weights are reproducible, and seeding later gives repeatable forwards.
+
+    The model gets jseg.ops' CPU kernels here, once (`accelerate`); each runs where it
+    applies, and the reference maths elsewhere (CUDA, `JSEG_CPU_KERNELS=0`).
     """
     if not isinstance(model_cfg, Mapping):
         raise ValueError(f"model config must be a mapping, got {type(model_cfg).__name__}")
@@ -110,6 +115,6 @@ def build_model(model_cfg):
     _check_kwargs("model.test_cfg", EncoderDecoder, test_kwargs)
     backbone = build_backbone(model_cfg["backbone"])
     head = build_head(model_cfg["decode_head"])
-    model = EncoderDecoder(backbone, head, **test_kwargs)
+    model = accelerate(EncoderDecoder(backbone, head, **test_kwargs))
     jt.sync(model.parameters())
     return model

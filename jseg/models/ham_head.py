@@ -8,14 +8,13 @@ features by a rank-R non-negative matrix factorisation of themselves (NMF2D), al
 
 Attribute names equal the PyTorch checkpoint keys (`squeeze.conv`, `squeeze.gn`,
 `hamburger.ham_in.conv`, `hamburger.ham_out.gn`, `align.conv`, `conv_seg`); never rename them.
-A changed module changes with it: its ONNX writer (jseg.export.onnx.ONNX_FORMS) and the key
-table (jseg.checkpoint.mapping); tests/models/test_forms.py and the ONNX tests fail otherwise.
+A changed module changes with it: its ONNX writer (jseg.export.onnx.ONNX_FORMS), its CPU fast
+form if it has one (jseg.ops.accelerate: NMF2D.bmm, LightHamHead.resize) and the key table
+(jseg.checkpoint.mapping); tests/models/test_forms.py and the ONNX tests fail otherwise.
 """
 import jittor as jt
 import numpy as np
 from jittor import nn
-
-from jseg.ops import matmul
 
 from .layers import ConvModule, PointwiseConv2d, normal_init_, resize
 from .losses import CrossEntropyLoss
@@ -72,16 +71,6 @@ class ImageBases:
                  for seed in self.seeds]
         self.calls += 1
         return jt.array(np.concatenate(draws, axis=0))  # (K * B/K * S, D, R), draw-major
-
-
-def _bmm(a, b, transpose_b=False):
-    """Batched matmul (B, n, k) @ (B, k, m) -> (B, n, m); b is (B, m, k) if transpose_b.
-
-    On CPU as per-sample 2-D matmuls (jseg.ops.matmul), else Jittor's batched matmul.
-    """
-    if matmul.applies(a, b):
-        return matmul.batched_matmul(a, b, transpose_b)
-    return nn.bmm_transpose(a, b) if transpose_b else nn.bmm(a, b)
 
 
 class NMF2D(nn.Module):
@@ -161,27 +150,29 @@ class NMF2D(nn.Module):
     # The coefficients are kept transposed, coef_t = coef^T (B*S, R, N), so that no product
     # needs the (N, D) transpose of x: X^T bases = (bases^T X)^T, X coef = X coef_t^T.
 
-    @staticmethod
-    def _update_coef(x, bases, coef_t):
+    def bmm(self, a, b, transpose_b=False):
+        """Batched matmul (B, n, k) @ (B, k, m) -> (B, n, m); b is (B, m, k) if transpose_b."""
+        return nn.bmm_transpose(a, b) if transpose_b else nn.bmm(a, b)
+
+    def _update_coef(self, x, bases, coef_t):
         """coef <- coef * (X^T bases) / (coef bases^T bases + eps), transposed."""
         bases_t = bases.permute(0, 2, 1)  # (B*S, R, D), small
-        numerator = _bmm(bases_t, x)  # (B*S, R, D) @ (B*S, D, N) -> (B*S, R, N)
-        gram = _bmm(bases_t, bases)  # (B*S, R, R), symmetric
-        denominator = _bmm(gram.permute(0, 2, 1), coef_t)  # (coef gram)^T = gram^T coef_t
+        numerator = self.bmm(bases_t, x)  # (B*S, R, D) @ (B*S, D, N) -> (B*S, R, N)
+        gram = self.bmm(bases_t, bases)  # (B*S, R, R), symmetric
+        denominator = self.bmm(gram.permute(0, 2, 1), coef_t)  # (coef gram)^T = gram^T coef_t
         return coef_t * numerator / (denominator + NMF_EPS)
 
-    @staticmethod
-    def _update_bases(x, bases, coef_t):
+    def _update_bases(self, x, bases, coef_t):
         """bases <- bases * (X coef) / (bases coef^T coef + eps)."""
-        numerator = _bmm(x, coef_t, transpose_b=True)  # (B*S, D, N) @ (B*S, N, R) -> (B*S, D, R)
-        gram = _bmm(coef_t, coef_t, transpose_b=True)  # (B*S, R, N) @ (B*S, N, R) -> (B*S, R, R)
-        denominator = _bmm(bases, gram)  # (B*S, D, R)
+        numerator = self.bmm(x, coef_t, transpose_b=True)  # (B*S, D, N) @ (B*S, N, R)
+        gram = self.bmm(coef_t, coef_t, transpose_b=True)  # (B*S, R, N) @ (B*S, N, R)
+        denominator = self.bmm(bases, gram)  # (B*S, D, R)
         return bases * numerator / (denominator + NMF_EPS)
 
     def _local_inference(self, x, bases):
         """Coefficient init and the multiplicative-update loop (steps 2-3); coef transposed."""
         # softmax over R of X^T bases, computed as bases^T X (B*S, R, N), softmax over dim 1
-        coef_t = nn.softmax(self.inv_t * _bmm(bases.permute(0, 2, 1), x), dim=1)
+        coef_t = nn.softmax(self.inv_t * self.bmm(bases.permute(0, 2, 1), x), dim=1)
         steps = self.train_steps if self.is_training() else self.eval_steps
         for _ in range(steps):
             coef_t = self._update_coef(x, bases, coef_t)
@@ -215,7 +206,7 @@ class NMF2D(nn.Module):
 
         coef_t = self._update_coef(x, bases, coef_t)  # compute_coef, always with gradient
         # bases coef^T: (B*S, D, R) @ (B*S, R, N) -> (B*S, D, N) -> (B, C, H, W)
-        return _bmm(bases, coef_t).reshape((B, C, H, W))
+        return self.bmm(bases, coef_t).reshape((B, C, H, W))
 
 
 class Hamburger(nn.Module):
@@ -283,10 +274,14 @@ class LightHamHead(nn.Module):
     def execute(self, inputs):
         feats = [inputs[i] for i in self.in_index]
         size = feats[0].shape[2:]
-        feats = [resize(f, size, self.align_corners) for f in feats]
+        feats = [self.resize(f, size, self.align_corners) for f in feats]
         x = jt.concat(feats, dim=1)  # (B, sum(in_channels), H/8, W/8)
         x = self.align(self.hamburger(self.squeeze(x)))
         return self.cls_seg(x)
+
+    def resize(self, x, size, align_corners=False):
+        """Bilinear resize of (B, C, H, W) to `size` (jseg.models.layers.resize)."""
+        return resize(x, size, align_corners)
 
     def cls_seg(self, x):
         if self.dropout is not None:

@@ -6,24 +6,21 @@
 - The weight-initialisation rules of the references (mmcv/mmengine) as functions.
 - `resize`: bilinear resizing to an explicit size.
 - `BatchNorm2d`: Jittor's BatchNorm with PyTorch's (unbiased) running-variance update.
-- `PointwiseConv2d`: a 1x1 nn.Conv2d computed as 2-D matmuls on CPU (OpenBLAS's sgemm
-  first, else Jittor's oneDNN one: a matmul needs no NCHW <-> NHWC reorders, a conv does).
+- `PointwiseConv2d`, `DepthwiseConv2d`: nn.Conv2d with a 1x1 kernel / groups == channels.
 - `GELU`, `GroupNorm`: exact-erf GELU and GroupNorm.
-- `DepthwiseConv2d`: nn.Conv2d with groups == channels (same weights, same keys).
+- `ChannelLayerNorm`: LayerNorm over the channels of NCHW data (MSCAN's stage ends).
 
-Each layer's `execute` is the reference maths on Jittor's ops; where a `jseg.ops` CPU kernel
-applies (`jseg.ops.enabled()` and its shapes) the layer runs that instead, same arithmetic.
+Every `execute` here is the reference maths on Jittor's ops (what runs on CUDA). The classes
+are distinct so that jseg.ops.accelerate can give each one its CPU kernel, once, at build.
 """
 import math
 
 import jittor as jt
 from jittor import nn
 
-from jseg.ops import depthwise, elementwise, matmul, norm
-from jseg.ops import resize as resize_op
-
 __all__ = ["ConvModule", "BatchNorm2d", "DepthwiseConv2d", "PointwiseConv2d", "GELU", "GroupNorm",
-           "resize", "normal_init_", "kaiming_normal_fan_out_", "constant_init_"]
+           "ChannelLayerNorm", "resize", "normal_init_", "kaiming_normal_fan_out_",
+           "constant_init_"]
 
 
 def normal_init_(module, std, mean=0.0, bias=0.0):
@@ -61,8 +58,6 @@ def resize(x, size, align_corners=False):
     size = (int(size[0]), int(size[1]))
     if tuple(x.shape[2:]) == size:
         return x
-    if resize_op.applies(x):
-        return resize_op.bilinear_resize(x, size, align_corners)
     return nn.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
@@ -141,58 +136,33 @@ class ConvModule(nn.Module):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """Depthwise conv (groups == channels), (N, C, H, W) -> (N, C, H', W').
-
-    An nn.Conv2d in every respect (parameters `weight` (C, 1, kh, kw) and `bias` (C,),
-    initialisation, state-dict keys); on CPU with stride 1 and "same" padding it runs
-    jseg.ops.depthwise's OpenMP kernel instead of Jittor's single-threaded loops.
-    """
+    """Depthwise conv (groups == channels), (N, C, H, W) -> (N, C, H', W'): an nn.Conv2d in
+    every respect (parameters `weight` (C, 1, kh, kw) and `bias` (C,), init, keys)."""
 
     def __init__(self, channels: int, kernel_size, padding=0):
         super().__init__(channels, channels, kernel_size, padding=padding, groups=channels)
 
-    def execute(self, x):
-        if depthwise.applies(self, x):
-            return depthwise.depthwise_conv2d(x, self.weight, self.bias)
-        return super().execute(x)
-
 
 class PointwiseConv2d(nn.Conv2d):
-    """1x1 conv, (N, C_in, H, W) -> (N, C_out, H, W); an nn.Conv2d in every respect.
-
-    On CPU it computes weight (C_out, C_in) @ x[n] (C_in, H*W) per sample (`jseg.ops.matmul`):
-    2-D matmuls (and their gradients) go to OpenBLAS's sgemm (`jseg.ops.sgemm`), else to
-    Jittor's, which is oneDNN's; an sgemm works on NCHW data as it is, while Jittor's
-    convolution path reorders activations to NHWC and back every call.
-    """
+    """1x1 conv, (N, C_in, H, W) -> (N, C_out, H, W); an nn.Conv2d in every respect."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
-
-    def execute(self, x):
-        if not matmul.pointwise_applies(x):
-            return super().execute(x)
-        y = matmul.pointwise(x, self.weight)
-        if self.bias is None:
-            return y
-        n, _, h, w = y.shape
-        return elementwise.add_channel_bias(y.reshape((n, self.out_channels, h * w)),
-                                            self.bias).reshape(y.shape)
 
 
 class GELU(nn.Module):
     """x / 2 * (1 + erf(x / sqrt 2)) (PyTorch's default GELU), any shape."""
 
     def execute(self, x):
-        if elementwise.applies(x):
-            return elementwise.gelu(x)
         return nn.gelu(x)
 
 
 class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm (eps 1e-5, affine `weight` and `bias`); jseg.ops.norm's kernel on CPU."""
+    """nn.GroupNorm (eps 1e-5, affine `weight` and `bias`), (N, C, H, W)."""
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm over the C channels of (N, C, H, W): to channels-last, normalise, back."""
 
     def execute(self, x):
-        if self.affine and norm.applies(x):
-            return norm.group_norm(x, self.weight, self.bias, self.num_groups, self.eps)
-        return super().execute(x)
+        return super().execute(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

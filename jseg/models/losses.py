@@ -10,8 +10,6 @@ are not checked and contribute 0.
 import jittor as jt
 from jittor import nn
 
-from jseg.ops import loss as loss_op
-
 from .layers import resize
 
 __all__ = ["cross_entropy", "accuracy", "CrossEntropyLoss"]
@@ -24,8 +22,8 @@ def _one_hot_valid(label, num_classes, ignore_index):
     return ((label.unsqueeze(1) == classes) & valid).float32()
 
 
-def _kernel_weight(class_weight, num_classes):
-    """The (C,) float32 class weights the loss kernels take (ones without class_weight);
+def _class_weights(class_weight, num_classes):
+    """The (C,) float32 class weights (ones without class_weight);
     a ValueError when their number is not C."""
     if class_weight is not None and len(class_weight) != num_classes:
         raise ValueError(f"class_weight has {len(class_weight)} entries for {num_classes} "
@@ -51,12 +49,7 @@ def cross_entropy(logits, label, class_weight=None, ignore_index: int = 255):
         ignore_index: label value without loss.
     """
     num_classes = logits.shape[1]
-    weight = _kernel_weight(class_weight, num_classes)
-    if loss_op.applies(logits, label):
-        # fused CPU kernel: log-softmax, pick and sum in one pass, softmax recomputed in
-        # the backward instead of keeping a (B, C, H, W) log-probability tensor
-        pixels = label.numel()
-        return loss_op.cross_entropy_sum(logits, label, weight, ignore_index).sum() / pixels
+    weight = _class_weights(class_weight, num_classes)
     one_hot = _one_hot_valid(label, num_classes, ignore_index)  # (B, C, H, W)
     if class_weight is not None:
         one_hot = one_hot * weight.reshape((1, -1, 1, 1))
@@ -70,9 +63,6 @@ def accuracy(logits, label, ignore_index: int = 255):
 
     As mmseg, a float32 epsilon is added to both counts (an all-ignored batch gives 100).
     """
-    if loss_op.applies(logits, label):
-        counts = loss_op.accuracy_counts(logits, label, ignore_index)
-        return _percent(counts[0], counts[1]).float32()
     with jt.no_grad():
         pred, _ = jt.argmax(logits.detach(), dim=1)  # (B, H, W)
         valid = (label != ignore_index).float32()
@@ -98,15 +88,21 @@ class CrossEntropyLoss(nn.Module):
         loss = cross_entropy(logits, label, self.class_weight, self.ignore_index)
         return self.loss_weight * loss
 
+    def accuracy(self, logits, label):
+        """Percent of labelled pixels predicted right (`accuracy`)."""
+        return accuracy(logits, label, self.ignore_index)
+
     def resized(self, logits, label, align_corners=False):
         """(loss, accuracy) of `logits` (B, C, h, w) resized bilinearly to the size of
-        `label` (B, H, W) first, as mmseg's decode head does. On the CPU kernels the
-        resized logits are never stored (jseg.ops.loss.resized_cross_entropy_sum)."""
-        if not loss_op.resized_applies(logits, label):
-            logits = resize(logits, label.shape[1:], align_corners)
-            return self(logits, label), accuracy(logits, label, self.ignore_index)
-        weight = _kernel_weight(self.class_weight, logits.shape[1])
-        total, counts = loss_op.resized_cross_entropy_sum(logits, label, weight,
-                                                          self.ignore_index, align_corners)
-        acc = _percent(counts[0], counts[1]).float32()
-        return self.loss_weight * (total.sum() / label.numel()), acc
+        `label` (B, H, W) first, as mmseg's decode head does."""
+        logits = resize(logits, label.shape[1:], align_corners)
+        return self(logits, label), self.accuracy(logits, label)
+
+    def class_weights(self, num_classes):
+        """(C,) float32 class weights, ones without `class_weight`."""
+        return _class_weights(self.class_weight, num_classes)
+
+    @staticmethod
+    def percent(correct, labelled):
+        """correct / labelled in percent, as `accuracy` counts it."""
+        return _percent(correct, labelled)

@@ -10,20 +10,18 @@ features stay NCHW between blocks (the references go through (B, N, C) tokens; s
 
 Attribute names are mmseg 1.x's checkpoint keys (`block2.3.attn.proj_1`, `mlp.dwconv`, ...;
 the official repo and Jittor/JSeg have `mlp.dwconv.dwconv`): never rename them. A changed
-module changes with it: its ONNX writer (jseg.export.onnx.ONNX_FORMS), the fused CPU block
-(jseg.ops.fused_block) and the key table (jseg.checkpoint.mapping); tests/models/test_forms.py,
-the parity and ONNX tests fail until they agree.
+module changes with it: its ONNX writer (jseg.export.onnx.ONNX_FORMS), its CPU fast form
+(jseg.ops.accelerate: the fused block reads the block's parts by name) and the key table
+(jseg.checkpoint.mapping); tests/models/test_forms.py, tests/ops and the parity and ONNX tests
+fail until they agree.
 """
 import math
 
 import numpy as np
 from jittor import nn
 
-from jseg.ops import fused_block
-from jseg.ops import norm as norm_op
-
-from .layers import (GELU, BatchNorm2d, DepthwiseConv2d, PointwiseConv2d, constant_init_,
-                     normal_init_)
+from .layers import (GELU, BatchNorm2d, ChannelLayerNorm, DepthwiseConv2d, PointwiseConv2d,
+                     constant_init_, normal_init_)
 
 __all__ = ["StemConv", "OverlapPatchEmbed", "MSCAAttention", "MSCASpatialAttention", "Mlp",
            "MSCABlock", "MSCAN", "MSCAN_SETTINGS", "mscan_variant"]
@@ -134,9 +132,7 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop, is_train=True) if drop > 0 else nn.Identity()
 
     def hidden(self, x):
-        """act(dwconv(fc1(x))); on CPU in one pass after fc1's matmul (jseg.ops.fused_block)."""
-        if fused_block.mlp_applies(self.fc1, self.dwconv, x):
-            return fused_block.mlp_hidden(self.fc1, self.dwconv, x)
+        """act(dwconv(fc1(x))), the expanded features."""
         return self.act(self.dwconv(self.fc1(x)))
 
     def execute(self, x):
@@ -159,27 +155,7 @@ class MSCABlock(nn.Module):
         self.layer_scale_1 = LAYER_SCALE_INIT * nn.init.one((channels,), "float32")
         self.layer_scale_2 = LAYER_SCALE_INIT * nn.init.one((channels,), "float32")
 
-    def fusion_parts(self):
-        """The block's parts by role, for jseg.ops.fused_block."""
-        attn, mlp = self.attn, self.mlp
-        sgu = attn.spatial_gating_unit
-        strips = tuple((getattr(sgu, f"conv{i}_1"), getattr(sgu, f"conv{i}_2"))
-                       for i in range(sgu.num_branches))
-        dropout = getattr(mlp.drop, "is_train", False) and getattr(mlp.drop, "p", 0) > 0
-        return fused_block.MSCABlockParts(
-            norm1=self.norm1, proj_1=attn.proj_1, conv0=sgu.conv0, strips=strips,
-            conv3=sgu.conv3, proj_2=attn.proj_2, layer_scale_1=self.layer_scale_1,
-            norm2=self.norm2, fc1=mlp.fc1, dwconv=mlp.dwconv, fc2=mlp.fc2,
-            layer_scale_2=self.layer_scale_2, drop_path=self.drop_path, dropout=dropout)
-
     def execute(self, x):
-        parts = self.fusion_parts()
-        if fused_block.applies(parts, x):  # on CPU: the same block on fused kernels
-            return fused_block.mscan_block(parts, x)
-        return self.execute_modules(x)
-
-    def execute_modules(self, x):
-        """The block module by module: the reference maths (what runs on CUDA)."""
         # layer_scale (C,) -> (C, 1, 1), broadcast over (B, C, H, W)
         scale_1 = self.layer_scale_1.reshape((-1, 1, 1))
         scale_2 = self.layer_scale_2.reshape((-1, 1, 1))
@@ -234,7 +210,7 @@ class MSCAN(nn.Module):
             first += depths[i]
             setattr(self, f"patch_embed{i + 1}", patch_embed)
             setattr(self, f"block{i + 1}", blocks)
-            setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i]))
+            setattr(self, f"norm{i + 1}", ChannelLayerNorm(embed_dims[i]))
         self.init_weights()
 
     def init_weights(self):
@@ -252,12 +228,7 @@ class MSCAN(nn.Module):
             x = getattr(self, f"patch_embed{i + 1}")(x)
             for block in getattr(self, f"block{i + 1}"):
                 x = block(x)
-            # LayerNorm over channels: (B, C, H, W) -> (B, H, W, C) -> norm -> (B, C, H, W)
-            norm = getattr(self, f"norm{i + 1}")
-            if norm_op.channel_layer_norm_applies(norm, x):
-                x = norm_op.channel_layer_norm(x, norm.weight, norm.bias, norm.eps)
-            else:
-                x = norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            x = getattr(self, f"norm{i + 1}")(x)  # LayerNorm over channels
             outs.append(x)
         return outs
 

@@ -9,7 +9,6 @@ Follows mmsegmentation 1.x's EncoderDecoder:
 import jittor as jt
 from jittor import nn
 
-from jseg.ops import slide_merge
 from .layers import resize
 
 __all__ = ["EncoderDecoder", "slide_windows"]
@@ -99,7 +98,11 @@ class EncoderDecoder(nn.Module):
             # (B, C, h, w) -> (K*B, C, h, w): K copies of the batch, draw-major
             features = [f.repeat(self.nmf_draws, 1, 1, 1) for f in features]
         logits = self.decode_head(features)
-        return resize(logits, img.shape[2:], self.decode_head.align_corners)
+        return self.resize(logits, img.shape[2:], self.decode_head.align_corners)
+
+    def resize(self, x, size, align_corners=False):
+        """Bilinear resize of (B, C, H, W) to `size` (jseg.models.layers.resize)."""
+        return resize(x, size, align_corners)
 
     def whole_inference(self, img):
         return self.encode_decode(img)
@@ -117,9 +120,12 @@ class EncoderDecoder(nn.Module):
         _, _, H, W = img.shape
         boxes = slide_windows(H, W, crop_size, stride)
         windows = [self.encode_decode(img[:, :, y1:y2, x1:x2]) for y1, y2, x1, x2 in boxes]
+        return self.merge_windows(windows, boxes, (H, W))
+
+    def merge_windows(self, windows, boxes, size):
+        """Per pixel, the mean of the window logits (B, C, h_i, w_i) that cover it: (B, C, H, W)."""
+        H, W = size
         B = windows[0].shape[0]  # K*B with nmf_draws K
-        if slide_merge.applies(windows):  # one multi-threaded pass, same sums
-            return slide_merge.slide_merge(windows, boxes, (H, W))
         logits = jt.zeros((B, self.num_classes, H, W), "float32")
         count = jt.zeros((1, 1, H, W), "float32")
         for (y1, y2, x1, x2), window_logits in zip(boxes, windows):
@@ -153,13 +159,13 @@ class EncoderDecoder(nn.Module):
         n = 0
         for ratio in ratios:
             size = (int(H * ratio + 0.5), int(W * ratio + 0.5))
-            scaled = resize(img, size, align_corners=False)
+            scaled = self.resize(img, size, align_corners=False)
             for flipped in ((False, True) if flip else (False,)):
                 x = jt.flip(scaled, 3) if flipped else scaled
                 logits = self.inference(x)
                 if flipped:
                     logits = jt.flip(logits, 3)
-                logits = resize(logits, (H, W), self.decode_head.align_corners)
+                logits = self.resize(logits, (H, W), self.decode_head.align_corners)
                 p = nn.softmax(logits, dim=1)
                 probs = p if probs is None else probs + p
                 n += 1

@@ -8,6 +8,9 @@ convs and batched matmuls as per-sample 2-D matmuls), sgemm (those on OpenBLAS),
 (cross-entropy and accuracy without one-hot or log-probability tensors), slide_merge,
 fused_block (the MSCAN block's biases and element-wise steps inside its kernels).
 
+`accelerate(model)` (jseg.ops.fast_forms) puts them under a built model once, module by
+module; jseg.models itself is the reference maths only.
+
 `enabled(*tensors)` is the one rule for whether they run: on CPU, for float32 tensors,
 unless switched off by `JSEG_CPU_KERNELS=0` in the environment (read when jseg.ops is
 first imported) or inside `with jseg.ops.disabled():`. Each family's `applies(...)` is
@@ -19,7 +22,7 @@ import os
 
 import jittor as jt
 
-__all__ = ["enabled", "disabled", "ENV"]
+__all__ = ["enabled", "disabled", "accelerate", "ENV"]
 
 ENV = "JSEG_CPU_KERNELS"
 
@@ -42,3 +45,6 @@ def disabled():
         yield
     finally:
         _switched_on = previous
+
+
+from .fast_forms import accelerate  # noqa: E402  (its kernels import `enabled` from here)

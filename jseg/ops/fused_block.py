@@ -240,7 +240,7 @@ def scaled_residual(x, m, b, scale, s=None, drop_path=None):
 
 @dataclass(frozen=True)
 class MSCABlockParts:
-    """The modules and tensors of one MSCAN block, by role (MSCABlock.fusion_parts()).
+    """The modules and tensors of one MSCAN block, by role (jseg.ops.fast_forms.block_parts).
 
     Convs are nn.Conv2d (1x1 ones, and depthwise ones with odd kernels); norms are called
     as they are (BatchNorm updates its statistics in training); the layer scales are (C,).

@@ -10,6 +10,7 @@ from jittor import nn
 from jseg import ops
 from jseg.models.layers import DepthwiseConv2d
 from jseg.ops import depthwise
+from jseg.ops.fast_forms import block_parts
 
 
 def _outputs_and_grads(conv, x, upstream):
@@ -23,7 +24,7 @@ def _outputs_and_grads(conv, x, upstream):
 def test_depthwise_kernel_matches_jittor_conv(kernel, padding):
     jt.set_seed(0)
     reference = nn.Conv2d(6, 6, kernel, padding=padding, groups=6)
-    fast = DepthwiseConv2d(6, kernel, padding=padding)
+    fast = ops.accelerate(DepthwiseConv2d(6, kernel, padding=padding))
     fast.weight.assign(reference.weight)
     fast.bias.assign(reference.bias)
     # odd sizes, a kernel taller than the input (21 > 13): border handling matters; rows
@@ -39,12 +40,12 @@ def test_depthwise_kernel_matches_jittor_conv(kernel, padding):
 
 
 def test_depthwise_falls_back_where_the_kernel_does_not_apply():
-    strided = DepthwiseConv2d(4, 3, padding=1)
+    strided = ops.accelerate(DepthwiseConv2d(4, 3, padding=1))
     strided.stride = (2, 2)
     x = jt.randn(1, 4, 9, 9)
     assert not depthwise.applies(strided, x)
     assert tuple(strided(x).shape) == (1, 4, 5, 5)
-    unpadded = DepthwiseConv2d(4, 3, padding=0)
+    unpadded = ops.accelerate(DepthwiseConv2d(4, 3, padding=0))
     assert not depthwise.applies(unpadded, x)
     assert tuple(unpadded(x).shape) == (1, 4, 7, 7)
 
@@ -68,7 +69,7 @@ def test_pointwise_conv_matches_jittor_conv():
     from jseg.models.layers import PointwiseConv2d
     jt.set_seed(1)
     reference = nn.Conv2d(6, 5, 1)
-    fast = PointwiseConv2d(6, 5)
+    fast = ops.accelerate(PointwiseConv2d(6, 5))
     fast.weight.assign(reference.weight)
     fast.bias.assign(reference.bias)
     x = jt.randn(2, 6, 13, 17)
@@ -81,7 +82,8 @@ def test_pointwise_conv_matches_jittor_conv():
 
 def test_cross_entropy_kernel_reports_non_finite_logits_as_nan():
     """Kernels compile with -Ofast; a NaN or inf logit must still give a NaN loss."""
-    from jseg.models.losses import cross_entropy
+    from jseg.models.losses import CrossEntropyLoss
+    cross_entropy = ops.accelerate(CrossEntropyLoss())
     label = jt.array(np.zeros((1, 3, 4), "uint8"))
     for bad in (float("nan"), float("inf")):
         logits = np.zeros((1, 5, 3, 4), "float32")
@@ -93,7 +95,7 @@ def test_cross_entropy_kernel_reports_non_finite_logits_as_nan():
 def test_group_norm_kernel_matches_jittor_group_norm():
     from jseg.models.layers import GroupNorm
     jt.set_seed(2)
-    reference, fast = nn.GroupNorm(4, 8), GroupNorm(4, 8)
+    reference, fast = nn.GroupNorm(4, 8), ops.accelerate(GroupNorm(4, 8))
     for norm in (reference, fast):
         norm.weight.assign(jt.array(np.linspace(0.5, 2, 8).astype("float32")))
         norm.bias.assign(jt.array(np.linspace(-1, 1, 8).astype("float32")))
@@ -112,7 +114,7 @@ def test_mlp_fused_path_matches_the_plain_ops():
     """fc1 -> depthwise 3x3 -> GELU in one kernel equals the three modules run one by one."""
     from jseg.models.mscan import Mlp
     jt.set_seed(3)
-    mlp = Mlp(4, 8)
+    mlp = ops.accelerate(Mlp(4, 8))
     x = jt.randn(2, 4, 9, 11)
     upstream = jt.randn(2, 4, 9, 11)
     params = [x, mlp.fc1.weight, mlp.fc1.bias, mlp.dwconv.weight, mlp.dwconv.bias]
@@ -142,20 +144,20 @@ def test_fused_block_matches_the_module_by_module_block(training, drop_path, mon
     monkeypatch.setattr(jt, "rand", lambda shape, dtype="float32": jt.array(
         np.array([0.9, 0.1], "float32").reshape(shape)))
     jt.set_seed(4)
-    block = MSCABlock(8, mlp_ratio=2, drop_path=drop_path)
+    block = ops.accelerate(MSCABlock(8, mlp_ratio=2, drop_path=drop_path))
     for p in block.parameters():  # non-trivial biases and scales
         p.assign(p + 0.05 * jt.randn(p.shape))
     block.train() if training else block.eval()
     x = jt.randn(2, 8, 9, 11)
     upstream = jt.randn(2, 8, 9, 11)
     params = [x] + [p for p in block.parameters() if p.requires_grad]
-    assert ops.fused_block.applies(block.fusion_parts(), x)
+    assert ops.fused_block.applies(block_parts(block), x)
 
     def run(path):
         if path == "fused":
-            y = ops.fused_block.mscan_block(block.fusion_parts(), x)
-        elif path == "modules":  # module by module, each on its own kernel
-            y = block.execute_modules(x)
+            y = ops.fused_block.mscan_block(block_parts(block), x)
+        elif path == "modules":  # the reference execute, each module on its own kernel
+            y = MSCABlock.execute(block, x)
         else:  # kernels off: Jittor's own ops, as on CUDA
             with ops.disabled():
                 y = block(x)
@@ -195,13 +197,13 @@ def test_slide_merge_averages_overlapping_windows_with_gradients():
 @pytest.mark.parametrize("size, align_corners", [((29, 41), False), ((5, 4), False),
                                                  ((20, 33), True)])
 def test_resize_kernel_matches_jittor_interpolate(size, align_corners):
-    from jseg.models.layers import resize
+    from jseg.ops.resize import bilinear_resize
     x = jt.randn(2, 3, 13, 17)
     upstream = jt.randn(2, 3, *size)
     results = []
     for fn in (lambda v: nn.interpolate(v, size=size, mode="bilinear",
                                         align_corners=align_corners),
-               lambda v: resize(v, size, align_corners)):
+               lambda v: bilinear_resize(v, size, align_corners)):
         y = fn(x)
         results.append([y.numpy(), jt.grad((y * upstream).sum(), x).numpy()])
     for name, e, g in zip(["output", "grad x"], *results):
@@ -209,7 +211,7 @@ def test_resize_kernel_matches_jittor_interpolate(size, align_corners):
 
 
 def test_cross_entropy_and_accuracy_kernels_match_numpy():
-    from jseg.models.losses import accuracy, cross_entropy
+    from jseg.models.losses import CrossEntropyLoss
     rng = np.random.default_rng(6)
     logits = (rng.standard_normal((2, 7, 5, 6)) * 4).astype("float32")
     label = rng.integers(0, 7, (2, 5, 6)).astype("uint8")
@@ -217,7 +219,8 @@ def test_cross_entropy_and_accuracy_kernels_match_numpy():
     label[1, 0, 0] = 9  # outside the classes: counted in the mean, adds no loss
     weight = np.linspace(0.5, 2, 7).astype("float32")
     x = jt.array(logits)
-    loss = cross_entropy(x, jt.array(label), class_weight=weight.tolist())
+    criterion = ops.accelerate(CrossEntropyLoss(class_weight=weight.tolist()))
+    loss = criterion(x, jt.array(label))
     grad = jt.grad(loss * 2, x).numpy()
 
     shifted = logits - logits.max(1, keepdims=True)
@@ -233,7 +236,7 @@ def test_cross_entropy_and_accuracy_kernels_match_numpy():
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-7)
     labelled = label != 255
     expected_acc = ((logits.argmax(1) == label) & labelled).sum() / labelled.sum() * 100
-    assert abs(accuracy(x, jt.array(label)).item() - expected_acc) < 1e-3
+    assert abs(criterion.accuracy(x, jt.array(label)).item() - expected_acc) < 1e-3
 
 
 @pytest.mark.parametrize("out_size, align_corners", [((37, 45), False), ((37, 45), True),
@@ -251,7 +254,8 @@ def test_resized_loss_kernel_equals_resize_then_loss(out_size, align_corners):
     label[0, 0] = 255  # ignored
     label[1, 0, :3] = 9  # outside the classes: no loss
     label = jt.array(label)
-    criterion = CrossEntropyLoss(loss_weight=0.7, class_weight=np.linspace(0.5, 2, 7).tolist())
+    criterion = ops.accelerate(CrossEntropyLoss(loss_weight=0.7,
+                                                class_weight=np.linspace(0.5, 2, 7).tolist()))
     loss, acc = criterion.resized(logits, label, align_corners)  # the kernel first
     got = [loss.item(), acc.item(), jt.grad(loss * 3, logits).numpy()]
     with ops.disabled():
@@ -293,6 +297,7 @@ def test_channel_layer_norm_matches_layer_norm_on_channels_last():
 def test_one_switch_turns_every_kernel_off():
     """ops.enabled() decides for every family; disabled() and JSEG_CPU_KERNELS=0 switch all off."""
     from jseg.ops import elementwise, fused_block, loss, matmul, norm, resize, slide_merge
+    from jseg.models.layers import ChannelLayerNorm
     from jseg.models.mscan import MSCABlock
     x = jt.randn(1, 4, 5, 5)
     label = jt.zeros((1, 5, 5), "int32")
@@ -301,8 +306,8 @@ def test_one_switch_turns_every_kernel_off():
     def applying():
         return [depthwise.applies(conv, x), resize.applies(x), elementwise.applies(x),
                 norm.applies(x), matmul.applies(x), loss.applies(x, label),
-                slide_merge.applies([x]), fused_block.applies(block.fusion_parts(), x),
-                norm.channel_layer_norm_applies(nn.LayerNorm(4), x),
+                slide_merge.applies([x]), fused_block.applies(block_parts(block), x),
+                norm.channel_layer_norm_applies(ChannelLayerNorm(4), x),
                 loss.resized_applies(x, label)]
 
     assert ops.enabled(x) and all(applying()), applying()
