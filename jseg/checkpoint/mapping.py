@@ -16,7 +16,9 @@ BatchNorm has no such buffer. The source layouts:
 |          |                                        | of the MLP's depthwise conv accepted   |
 
 Each format is a rename table and a drop list. Every source key is either
-renamed into one of `OUR_KEY_PATTERNS` or dropped for a stated reason; anything
+renamed into one of `OUR_KEY_PATTERNS` (derived from `segnext_state_shapes`, the one key
+table, which tests/checkpoint/test_convert.py checks against the built models) or dropped
+for a stated reason; anything
 else stops the conversion with the list of leftover keys, which is also how a
 checkpoint of another architecture is rejected. `decode_head.hamburger.ham.bases`
 (present only when a model was trained with rand_init=False) is kept: it is a
@@ -38,32 +40,6 @@ __all__ = ["ConversionError", "FORMATS", "OUR_KEY_PATTERNS", "mscan_variants", "
 
 class ConversionError(ValueError):
     """A state dict cannot be converted or does not fit; the message lists the bad keys."""
-
-
-_BN = r"(weight|bias|running_mean|running_var)"
-_BLOCK = r"backbone\.block[1-4]\.\d+\."
-OUR_KEY_PATTERNS = tuple(re.compile(p) for p in (
-    r"backbone\.patch_embed1\.proj\.[03]\.(weight|bias)",    # StemConv convs
-    rf"backbone\.patch_embed1\.proj\.[14]\.{_BN}",             # StemConv BNs
-    r"backbone\.patch_embed[2-4]\.proj\.(weight|bias)",
-    rf"backbone\.patch_embed[2-4]\.norm\.{_BN}",
-    rf"{_BLOCK}norm[12]\.{_BN}",
-    rf"{_BLOCK}attn\.proj_[12]\.(weight|bias)",
-    rf"{_BLOCK}attn\.spatial_gating_unit\.conv(0|0_1|0_2|1_1|1_2|2_1|2_2|3)\.(weight|bias)",
-    rf"{_BLOCK}mlp\.(fc1|dwconv|fc2)\.(weight|bias)",
-    rf"{_BLOCK}layer_scale_[12]",
-    r"backbone\.norm[1-4]\.(weight|bias)",                    # stage-final LayerNorms
-    r"decode_head\.conv_seg\.(weight|bias)",
-    r"decode_head\.squeeze\.conv\.weight",
-    r"decode_head\.squeeze\.gn\.(weight|bias)",
-    r"decode_head\.hamburger\.ham_in\.conv\.(weight|bias)",
-    r"decode_head\.hamburger\.ham_out\.conv\.weight",
-    r"decode_head\.hamburger\.ham_out\.gn\.(weight|bias)",
-    r"decode_head\.align\.conv\.weight",
-    r"decode_head\.align\.gn\.(weight|bias)",
-    r"decode_head\.hamburger\.ham\.bases",                    # only with rand_init=False
-))
-
 
 
 def mscan_variants():
@@ -343,6 +319,26 @@ def segnext_state_shapes(embed_dims, depths, mlp_ratios=(8, 8, 4, 4), head=None,
         if head.get("bases") is not None:
             shapes["decode_head.hamburger.ham.bases"] = tuple(head["bases"])
     return shapes
+
+
+# Every key of ours as a pattern: segnext_state_shapes of a model with all the parts, the
+# block index and stage number of repeated parts generalised.
+_GENERAL = ((re.compile(r"backbone\.block[1-4]\.\d+\."), r"backbone\.block[1-4]\.\d+\."),
+            (re.compile(r"backbone\.patch_embed[2-4]\."), r"backbone\.patch_embed[2-4]\."),
+            (re.compile(r"backbone\.norm[1-4]\."), r"backbone\.norm[1-4]\."))
+
+
+def _key_pattern(key):
+    for literal, general in _GENERAL:
+        if (m := literal.match(key)):
+            return general + re.escape(key[m.end():])
+    return re.escape(key)
+
+
+OUR_KEY_PATTERNS = tuple(re.compile(p) for p in dict.fromkeys(
+    _key_pattern(k) for k in segnext_state_shapes(
+        (2, 2, 2, 2), (1, 1, 1, 1), head=dict(ham_channels=2, channels=2, num_classes=2,
+                                              bases=(1, 2, 2)))))
 
 
 def _dim(state, key, axis, what):
