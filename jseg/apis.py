@@ -11,6 +11,7 @@ import numpy as np
 
 from .config import Config, load_config
 from .checkpoint import load_weights
+from .data.datasets import load_rgb
 from .platform.env import init_device
 
 __all__ = ["init_model", "inference_model", "show_result", "load_rgb"]
@@ -37,33 +38,6 @@ def init_model(config, checkpoint=None, device=None):
     model.eval()
     model.cfg = cfg
     return model
-
-
-def load_rgb(img):
-    """An image path or array -> (H, W, 3) uint8 RGB.
-
-    Arrays are taken as RGB. Grey (H, W) or (H, W, 1) images are replicated to three
-    channels and RGBA drops its alpha channel; both conversions are logged.
-    Raises DataError (missing, unreadable or non-image file) or ValueError (bad array).
-    """
-    from .data.datasets import read_image
-
-    if isinstance(img, (str, os.PathLike)):
-        return read_image(os.fspath(img), to_rgb=True)
-    arr = np.asarray(img)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8 (H, W, 3) RGB, got dtype {arr.dtype}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim == 2:
-        logger.warning("grey image %s converted to RGB", arr.shape)
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        logger.warning("RGBA image %s: alpha channel dropped", arr.shape[:2])
-        return np.ascontiguousarray(arr[:, :, :3])
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"image arrays must be (H, W, 3) RGB, got shape {arr.shape}")
-    return arr
 
 
 def inference_model(model, imgs, return_probs=False, tta=False, seed=None):

@@ -16,6 +16,7 @@ examples:
   python tools/run_net.py --config-file C --task val --load-from W --nmf-seeds 5
   # write label maps and colour overlays for the validation images
   python tools/run_net.py --config-file C --task test --load-from W --save-dir results/
+  python tools/run_net.py --config-file C --task val --backend onnx --onnx segnext.onnx
   # several processes (data parallel, synchronised BatchNorm):
   mpirun -np 2 python tools/run_net.py --config-file C --task train
 
@@ -55,6 +56,11 @@ def parse_args(argv=None):
                         help="test on Cityscapes: write label ids (for the official evaluation "
                              "server) instead of train ids")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config")
+    parser.add_argument("--backend", choices=("jittor", "onnx"), default="jittor",
+                        help="val / test: our Jittor model (default), or an exported graph run "
+                             "by onnxruntime (--onnx F) with the same pipeline")
+    parser.add_argument("--onnx", metavar="F", help="the graph of --backend onnx (tools/export.py "
+                        "--format onnx --dynamic --bases input)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.max_iters=2000")
@@ -75,7 +81,13 @@ def run(args):
     if args.nmf_seeds > 1 and args.task != "val":
         raise ConfigError(f"--nmf-seeds measures the spread of the metrics: use it with "
                           f"--task val, not --task {args.task}")
-    if args.task != "train" and not (args.load_from or args.resume):
+    if (args.backend == "onnx") != (args.onnx is not None):
+        raise ConfigError("--backend onnx and --onnx F go together: pass both to evaluate an "
+                          "exported graph, neither for the Jittor model")
+    if args.backend == "onnx" and args.task == "train":
+        raise ConfigError("--backend onnx evaluates an exported graph: use it with --task val "
+                          "or --task test")
+    if args.task != "train" and not (args.load_from or args.resume or args.onnx):
         raise ConfigError(f"--task {args.task} needs weights: pass --load-from WEIGHTS (or "
                           "--resume auto for the newest checkpoint of the work dir)")
 
@@ -108,7 +120,7 @@ def run(args):
     result, count = evaluate_weights(
         cfg, args.load_from or args.resume, save_dir=save_dir, metrics=args.task == "val",
         tta=args.tta, seed=args.seed, label_ids=args.label_ids, progress=not args.no_progress,
-        nmf_seeds=args.nmf_seeds)
+        nmf_seeds=args.nmf_seeds, onnx=args.onnx)
     if args.nmf_seeds > 1:
         v = result["summary"]["mIoU"]
         print(f"mIoU over {args.nmf_seeds} NMF seeds: mean {v['mean']:.2f}  std {v['std']:.2f}"
@@ -124,6 +136,7 @@ def main(argv=None):
     args = parse_args(argv)
     from jseg.checkpoint import CheckpointError, WeightsMismatchError
     from jseg.data.datasets import DataError
+    from jseg.deploy import DeployError
     from jseg.engine.evaluator import EvaluationError
     from jseg.engine.trainer import TrainingError, TrainingStopped
     from jseg.engine.workdir import WorkDirError
@@ -131,7 +144,7 @@ def main(argv=None):
     try:
         return run(args)
     except (ConfigError, DataError, WeightsMismatchError, CheckpointError, TrainingError,
-            EvaluationError, WorkDirError, OSError) as e:  # OSError: e.g. a full disk
+            EvaluationError, DeployError, WorkDirError, OSError) as e:  # OSError: e.g. a full disk
         print(f"error: {e}", file=sys.stderr)
         return 1
     except TrainingStopped as e:  # logged; exit as a process ended by the signal reports

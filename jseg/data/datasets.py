@@ -27,8 +27,9 @@ from PIL import Image
 
 from .palettes import CLASSES, PALETTES, default_palette
 
-__all__ = ["DataError", "DatasetInfo", "DATASETS", "SampleList", "SegDataset", "build_dataset",
-           "dataset_settings", "image_key", "list_samples", "read_image", "read_label", "reduce_zero_label"]
+__all__ = ["DataError", "load_rgb", "DatasetInfo", "DATASETS", "SampleList", "SegDataset",
+           "build_dataset", "dataset_settings", "decode_image_bytes", "image_key", "list_samples",
+           "read_image", "read_label", "reduce_zero_label"]
 
 IGNORE_INDEX = 255
 _SHOW = 5  # how many offending files an error lists
@@ -156,7 +157,14 @@ def _declared_size(data):
 
 def read_image(path, to_rgb=True):
     """Decode an image file with OpenCV into (H, W, 3) uint8, RGB if `to_rgb` else BGR."""
-    data = _read_bytes(path)
+    return decode_image_bytes(_read_bytes(path), path, to_rgb)
+
+
+def decode_image_bytes(data, path, to_rgb=True):
+    """`read_image` for the bytes of an image file (an upload); `path` names it in errors.
+
+    Grey images come back as three equal channels and an alpha channel is dropped.
+    """
     if not data:
         raise DataError(f"empty image file {path}")
     _check_complete(data, path)
@@ -173,6 +181,31 @@ def read_image(path, to_rgb=True):
     if to_rgb:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return img
+
+
+def load_rgb(img):
+    """An image path or array -> (H, W, 3) uint8 RGB.
+
+    Arrays are taken as RGB. Grey (H, W) or (H, W, 1) images are replicated to three
+    channels and RGBA drops its alpha channel; both conversions are logged.
+    Raises DataError (missing, unreadable or non-image file) or ValueError (bad array).
+    """
+    if isinstance(img, (str, os.PathLike)):
+        return read_image(os.fspath(img), to_rgb=True)
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8 (H, W, 3) RGB, got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        logger.warning("grey image %s converted to RGB", arr.shape)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        logger.warning("RGBA image %s: alpha channel dropped", arr.shape[:2])
+        return np.ascontiguousarray(arr[:, :, :3])
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"image arrays must be (H, W, 3) RGB, got shape {arr.shape}")
+    return arr
 
 
 def image_key(img):

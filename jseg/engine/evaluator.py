@@ -4,15 +4,8 @@ For each image the loader gives one view (or several for multi-scale + flip).
 Each view is run through `model.inference` (whole or slide, from the config),
 its logits are brought back to the original image (padding cropped, flip undone,
 bilinear resize), and with several views their softmax probabilities are
-averaged, as mmseg's test-time augmentation does. The argmax is the prediction.
-
-Memory and time at the original size H x W: the restored scores are
-(classes, H, W), 2.4 GB per copy for 150 classes and a 2000x2000 photo, and
-OpenCV resizes many channels at once far slower than a few at a time. So scores
-are restored a few classes at a time: one view is reduced to its argmax as it
-goes (a running maximum; each class is restored on its own, so the result is the
-same), and several views add their softmax into one (classes, H, W) sum, one
-view at a time (the sum and one view's probabilities are the largest arrays).
+averaged, as mmseg's test-time augmentation does (jseg.data.predictions). The argmax is
+the prediction.
 """
 import json
 import logging
@@ -27,7 +20,8 @@ from jseg.checkpoint import load_weights
 from jseg.data.datasets import DATASETS, dataset_settings, read_image
 from jseg.data.loader import build_val_loader
 from jseg.data.palettes import overlay
-from jseg.data.transforms import restore_prediction
+from jseg.data.predictions import combine_views
+from jseg.deploy import OnnxSegmentor
 from jseg.models.ham_head import ImageBases
 from jseg.utils.atomic import atomic_write, write_image
 
@@ -44,9 +38,6 @@ logger = logging.getLogger(__name__)
 
 class EvaluationError(ValueError):
     """Evaluation cannot run as asked (e.g. metrics without labels); the message says why."""
-
-
-_CHUNK_ELEMENTS = 2 ** 24  # restored scores per chunk (64 MB in float32)
 
 
 def predict_image(model, views, return_probs=False, key=None, seed=0):
@@ -70,72 +61,11 @@ def predict_image(model, views, return_probs=False, key=None, seed=0):
 def predict_draws(model, views, return_probs=False):
     """predict_image for every row of the model's output: one per NMF draw when
     model.nmf_draws is K > 1 (see EncoderDecoder), else a list of one."""
-    totals = None
-    for view in views:
-        with jt.no_grad():
-            logits = model.inference(jt.array(view["img"])).numpy()  # (K, C, h, w)
-        if len(views) == 1 and not return_probs:
-            return [_chunked_argmax(restore_prediction(row[c], view["meta"])
-                                    for c in _class_chunks(row, view["meta"]))
-                    for row in logits]
-        if totals is None:
-            totals = [None] * len(logits)
-        for k, row in enumerate(logits):
-            probs = _restored(row, view["meta"])
-            _softmax_inplace(probs)
-            if totals[k] is None:
-                totals[k] = probs
-            else:
-                totals[k] += probs
-            del probs
-    out = []
-    for total in totals:
-        pred = total.argmax(axis=0)
-        if return_probs:
-            total /= len(views)
-            out.append((pred, total))
-        else:
-            out.append(pred)
-    return out
-
-
-def _class_chunks(logits, meta):
-    """Slices of a few classes whose restored scores fit in _CHUNK_ELEMENTS."""
-    height, width = meta["ori_shape"]
-    step = max(1, _CHUNK_ELEMENTS // (height * width))
-    return [slice(c, c + step) for c in range(0, logits.shape[0], step)]
-
-
-def _restored(logits, meta):
-    """restore_prediction of (C, h, w) logits into one (C, H, W) float32 array, by chunks."""
-    height, width = meta["ori_shape"]
-    out = np.empty((logits.shape[0], height, width), np.float32)
-    for chunk in _class_chunks(logits, meta):
-        out[chunk] = restore_prediction(logits[chunk], meta)
-    return out
-
-
-def _chunked_argmax(chunks):
-    """argmax over the classes of a stream of (c, H, W) chunks; the first maximum wins,
-    as with np.argmax."""
-    best = index = None
-    start = 0
-    for scores in chunks:
-        top, arg = scores.max(axis=0), scores.argmax(axis=0) + start
-        if best is None:
-            best, index = top, arg
-        else:
-            better = top > best
-            best[better], index[better] = top[better], arg[better]
-        start += scores.shape[0]
-    return index
-
-
-def _softmax_inplace(scores):
-    """Softmax over axis 0 of a float32 (C, H, W) array, without temporaries of its size."""
-    scores -= scores.max(axis=0, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=0, keepdims=True)
+    def view_logits():
+        for view in views:
+            with jt.no_grad():
+                yield model.inference(jt.array(view["img"])).numpy(), view["meta"]  # (K, C, h, w)
+    return combine_views(view_logits(), len(views), return_probs)
 
 
 def evaluate(model, loader, num_classes, ignore_index=255, on_prediction=None, progress=True,
@@ -165,28 +95,47 @@ def evaluate_seeds(model, loader, num_classes, seeds, ignore_index=255, progress
 
 def _evaluate_draws(model, loader, num_classes, ignore_index, seeds, on_prediction, progress,
                     labelled):
+    """Jittor model: every image with each seed's bases (nmf_draws); ONNX predictor
+    (jseg.deploy.OnnxSegmentor): the same per-image bases, one seed."""
+    if isinstance(model, OnnxSegmentor):
+        if len(seeds) != 1:
+            raise EvaluationError("several NMF seeds at once need the Jittor backend")
+        return _evaluate_split(
+            lambda item: [model.predict_views(item["views"], item["key"], seed=seeds[0])],
+            loader, num_classes, ignore_index, 1, on_prediction, progress, labelled)
     was_training = model.is_training()
     model.eval()
     ham = model.decode_head.hamburger.ham
     saved = ham.bases_fn, model.nmf_draws
     model.nmf_draws = len(seeds)
-    accs = [IoUAccumulator(num_classes, ignore_index) for _ in seeds]
-    start = time.time()
+
+    def predict(item):
+        ham.bases_fn = ImageBases(seeds, item["key"])
+        return predict_draws(model, item["views"])
     try:
-        for item in tqdm(loader, desc="eval", unit="img", disable=not progress, leave=False):
-            ham.bases_fn = ImageBases(seeds, item["key"])
-            preds = predict_draws(model, item["views"])
-            if labelled:
-                if item["seg"] is None:
-                    raise ValueError(f"{item['img_path']} has no label map in a labelled split")
-                for acc, pred in zip(accs, preds):
-                    acc.add(pred, item["seg"])
-            if on_prediction is not None:
-                on_prediction(item, preds[0])
+        return _evaluate_split(predict, loader, num_classes, ignore_index, len(seeds),
+                               on_prediction, progress, labelled)
     finally:
         ham.bases_fn, model.nmf_draws = saved
         if was_training:
             model.train()
+
+
+def _evaluate_split(predict, loader, num_classes, ignore_index, draws, on_prediction, progress,
+                    labelled):
+    """predict(item) -> [prediction per draw] over the loader; ([IoUAccumulator per draw] or
+    None without labels, seconds), the counts summed over MPI ranks."""
+    accs = [IoUAccumulator(num_classes, ignore_index) for _ in range(draws)]
+    start = time.time()
+    for item in tqdm(loader, desc="eval", unit="img", disable=not progress, leave=False):
+        preds = predict(item)
+        if labelled:
+            if item["seg"] is None:
+                raise ValueError(f"{item['img_path']} has no label map in a labelled split")
+            for acc, pred in zip(accs, preds):
+                acc.add(pred, item["seg"])
+        if on_prediction is not None:
+            on_prediction(item, preds[0])
     if not labelled:
         return None, time.time() - start
     if jt.in_mpi:  # float64 counts are exact up to 2^53 pixels
@@ -323,7 +272,7 @@ def prediction_writer(cfg, save_dir, label_ids=False):
 
 
 def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, seed=None,
-                     label_ids=False, progress=True, nmf_seeds=1):
+                     label_ids=False, progress=True, nmf_seeds=1, onnx=None):
     """Evaluate and / or predict the validation split of `cfg` with `weights`.
 
     weights: a weights file, or "auto" (the newest checkpoint in cfg.work_dir).
@@ -335,6 +284,8 @@ def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, se
         any list, order and process count.
     nmf_seeds: K > 1 evaluates with the seeds seed .. seed + K - 1 at once and returns the
         spread (run_seed_spread) instead of one result; needs labels, no save_dir.
+    onnx: an exported graph (tools/export.py) run by onnxruntime instead of `weights`
+        (jseg.deploy.OnnxSegmentor): the same pipeline, windows and per-image NMF bases.
     Returns (result or None without labels, number of images).
     """
     from jseg.models import build_model
@@ -342,7 +293,7 @@ def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, se
     if metrics and cfg.data.val.get("ann_dir") is None:
         raise EvaluationError("evaluation with metrics needs label maps, but data.val.ann_dir "
                               "is null; write predictions of unlabelled images instead")
-    if weights is None:
+    if weights is None and onnx is None:
         raise EvaluationError("evaluation needs weights: give a weights file or 'auto'")
     if not isinstance(nmf_seeds, int) or nmf_seeds < 1:
         raise EvaluationError(f"the number of NMF seeds must be an integer >= 1, got "
@@ -350,12 +301,18 @@ def evaluate_weights(cfg, weights, *, save_dir=None, metrics=True, tta=False, se
     if nmf_seeds > 1 and (save_dir or not metrics):
         raise EvaluationError("several NMF seeds measure the spread of the metrics: use them "
                               "with val (labels, no saved predictions)")
+    if nmf_seeds > 1 and onnx is not None:
+        raise EvaluationError("several NMF seeds at once need the Jittor backend; evaluate the "
+                              "ONNX graph with one seed (--seed S) at a time")
     if weights == "auto":
         weights = WorkDir(cfg.work_dir).newest_checkpoint()
     on_prediction = prediction_writer(cfg, save_dir, label_ids) if save_dir else None
-    model = build_model(cfg.model)
-    load_weights(model, weights, strict=True)
     seed = seed if seed is not None else (cfg.seed if cfg.seed is not None else 0)
+    if onnx is not None:
+        model, weights = OnnxSegmentor(onnx, cfg, seed=seed), onnx
+    else:
+        model = build_model(cfg.model)
+        load_weights(model, weights, strict=True)
     jt.set_global_seed(seed)
     rank, world = (jt.rank, jt.world_size) if jt.in_mpi else (0, 1)
     loader = build_val_loader(cfg, tta=tta, rank=rank, world_size=world)

@@ -63,6 +63,7 @@ from jseg.models.losses import CrossEntropyLoss
 from jseg.models.mscan import (MSCAN, MSCAAttention, MSCABlock, MSCASpatialAttention, Mlp,
                                OverlapPatchEmbed, StemConv)
 from jseg.models.segmentor import EncoderDecoder
+from jseg.deploy.onnx_segmentor import open_session
 from jseg.utils.atomic import atomic_write
 
 __all__ = ["MIN_OPSET", "BASES_MODES", "INSTALL_HINT", "ONNX_FORMS", "export_onnx",
@@ -627,22 +628,6 @@ def export_onnx(model, path, shape=(512, 512), *, bases="seed", seed=0, opset=MI
 
 # ---------------------------------------------------------------------------
 # Running a graph
-
-def open_session(path, threads=None, spinning=True):
-    """An onnxruntime InferenceSession (CPU) for the graph in `path`; `threads` sets
-    intra_op_num_threads (default: onnxruntime's choice, all cores). spinning=False: its
-    idle threads sleep at once instead of polling (onnxruntime's default), which would take
-    the cores from whatever runs next in the process or beside it (e.g. in a benchmark)."""
-    ort = _require("onnxruntime")
-    options = ort.SessionOptions()
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads is not None:
-        if not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
-        options.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-
 
 def run_onnx(path, image, bases=None, threads=None):
     """Logits (B, num_classes, H, W) float32 of an exported graph on `image` (B, C_in, H, W).

@@ -16,6 +16,8 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
+from jseg.utils.inference import L2_EPS, seeded_bases
+
 from .layers import ConvModule, PointwiseConv2d, normal_init_, resize
 from .losses import CrossEntropyLoss
 
@@ -23,24 +25,6 @@ __all__ = ["NMF2D", "Hamburger", "LightHamHead", "seeded_bases", "ImageBases"]
 
 # Multiplicative-update denominators get this added (as in all references).
 NMF_EPS = 1e-6
-# torch.nn.functional.normalize's default eps (Jittor/JSeg's jt.normalize uses 1e-30).
-L2_EPS = 1e-12
-
-
-def seeded_bases(shape, seed: int = 0, index=0):
-    """Reproducible NMF bases without Jittor's RNG: a float32 array of `shape` (B*S, D, R).
-
-    U[0, 1) values from numpy's generator seeded with (seed, index) -- `index` an int or a
-    tuple of ints, e.g. (image, draw) -- L2-normalised over D (axis 1, the norm taken in
-    float64) as `NMF2D.random_bases` normalises its draw. Used to give two implementations
-    the same bases (jseg.diagnostics.parity, index = the k-th draw), as the constant bases
-    of an exported graph (jseg.export.onnx) and per image in evaluation (`ImageBases`).
-    """
-    index = tuple(int(i) for i in index) if isinstance(index, (tuple, list)) else (int(index),)
-    rng = np.random.default_rng((int(seed), *index))
-    bases = rng.random(tuple(shape), dtype=np.float32)
-    norm = np.sqrt((bases.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
-    return (bases / np.maximum(norm, L2_EPS)).astype(np.float32)
 
 
 class ImageBases:

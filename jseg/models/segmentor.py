@@ -9,33 +9,11 @@ Follows mmsegmentation 1.x's EncoderDecoder:
 import jittor as jt
 from jittor import nn
 
+from jseg.utils.inference import slide_windows
+
 from .layers import resize
 
 __all__ = ["EncoderDecoder", "slide_windows"]
-
-
-def slide_windows(height: int, width: int, crop_size, stride):
-    """Windows (y1, y2, x1, x2) of sliding-window inference over a height x width image.
-
-    mmseg's rule: h_grids = max(H - h_crop + h_stride - 1, 0) // h_stride + 1 (same for W);
-    window (i, j) starts at (i * h_stride, j * w_stride), its end is clamped to the image and
-    its start pulled back to end - crop (not below 0). Windows are listed row by row.
-    Needs 0 < stride <= crop_size per dimension (EncoderDecoder checks its settings).
-    """
-    h_crop, w_crop = crop_size
-    h_stride, w_stride = stride
-    assert 0 < h_stride <= h_crop and 0 < w_stride <= w_crop, \
-        f"slide windows need 0 < stride <= crop_size per dimension, got crop_size " \
-        f"{tuple(crop_size)} and stride {tuple(stride)}"
-    h_grids = max(height - h_crop + h_stride - 1, 0) // h_stride + 1
-    w_grids = max(width - w_crop + w_stride - 1, 0) // w_stride + 1
-    windows = []
-    for h_idx in range(h_grids):
-        for w_idx in range(w_grids):
-            y2 = min(h_idx * h_stride + h_crop, height)
-            x2 = min(w_idx * w_stride + w_crop, width)
-            windows.append((max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2))
-    return windows
 
 
 def _check_slide_settings(crop_size, stride):

@@ -45,7 +45,8 @@ def test_chunked_prediction_equals_restoring_all_classes(classes, view, original
     metas = [{"img_shape": (h - 2, w), "ori_shape": original, "flip": v == 1}
              for v in range(num_views)]
     views = [{"img": np.zeros((1, 3, h, w), np.float32), "meta": m} for m in metas]
-    monkeypatch.setattr(evaluator, "_CHUNK_ELEMENTS", 7 * original[0] * original[1])  # 7 classes
+    from jseg.data import predictions
+    monkeypatch.setattr(predictions, "_CHUNK_ELEMENTS", 7 * original[0] * original[1])  # 7 classes
     expected, expected_probs = reference(logits, metas)
     pred = evaluator.predict_image(FixedLogits(logits), views)
     assert pred.shape == original and pred.dtype == np.int64, (pred.shape, pred.dtype)

@@ -427,5 +427,5 @@ def test_missing_packages_name_the_install_line(tiny_model, tmp_path, monkeypatc
     with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
         export.export_onnx(tiny_model, tmp_path / "x.onnx", (64, 48))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
+    with pytest.raises(ImportError, match="install it with: pip install onnxruntime"):
         export.open_session(tmp_path / "x.onnx")
