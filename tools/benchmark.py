@@ -8,6 +8,7 @@ examples:
       --threads 2 --vs-torch --vs-onnxruntime
   python tools/benchmark.py --config-file C --checkpoint segnext_t.pkl --shape 1024 2048 \\
       model.test_cfg.mode=slide model.test_cfg.crop_size=[1024,1024] model.test_cfg.stride=[768,768]
+  python tools/benchmark.py --config-file C --threads 2 --iters 3 --int8 photos/*.jpg
 
 infer: eval-mode model.inference (whole or slide, as the config's test_cfg says) under
 jt.no_grad, timed to jt.sync_all; reported per image. train: forward on random input and
@@ -21,7 +22,9 @@ may use. --vs-torch builds mmseg 1.2.2's model of the same config with the same 
 child process and alternates rounds with Jittor; it prints Jittor time / PyTorch time.
 Needs the reference: pip install -e .[parity]. --vs-onnxruntime exports the same model to
 ONNX (jseg.export.onnx) and times onnxruntime on it, interleaved, with the same threads
-(inference, whole mode; pip install -e .[export]). Details: jseg/diagnostics/benchmark.py.
+(inference, whole mode; pip install -e .[export]). --int8 PHOTO... times our model, its
+graph and the graph quantised to INT8 on real photos at --shape, with argmax agreement
+(jseg.diagnostics.int8_bench). Details: jseg/diagnostics/benchmark.py.
 Exit codes: 0 done, 1 bad input or no reference installed.
 """
 import os
@@ -63,6 +66,12 @@ def parse_args(argv=None):
     parser.add_argument("--floor", action="store_true",
                         help="also measure the machine's sgemm peak and report Jittor's time "
                              "against the model's MACs at that rate (inference only)")
+    parser.add_argument("--int8", nargs="+", metavar="PHOTO",
+                        help="instead: time our model, its ONNX graph and the graph quantised to "
+                             "INT8 on these photos (the first --calib calibrate), interleaved, "
+                             "with argmax agreement (jseg.diagnostics.int8_bench)")
+    parser.add_argument("--calib", type=int, default=None, metavar="K",
+                        help="--int8: photos to calibrate on (default: half of them)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. model.test_cfg.mode=slide")
     return parser.parse_args(argv)
@@ -89,6 +98,8 @@ def main(argv=None):
 
     from jseg.utils.logging import setup_logging
     setup_logging()
+    if args.int8:
+        return _int8(args, cfg)
     try:
         result = run_benchmark(cfg, mode=args.mode, shape=args.shape, batch=args.batch,
                                iters=args.iters, warmup=args.warmup, checkpoint=args.checkpoint,
@@ -100,6 +111,25 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("\n".join(format_report(result)))
+    return 0
+
+
+def _int8(args, cfg):
+    from jseg.diagnostics.int8_bench import format_int8_report, run_int8_benchmark
+    try:
+        missing = [p for p in args.int8 if not os.path.isfile(p)]
+        if missing:
+            raise ValueError(f"--int8: no such photo(s): {', '.join(missing)}")
+        if not onnxruntime_available():
+            raise ValueError(VS_ONNXRUNTIME_HINT)
+        result = run_int8_benchmark(cfg, args.int8, calib=args.calib, shape=tuple(args.shape),
+                                    iters=args.iters, warmup=args.warmup, threads=args.threads,
+                                    seed=args.seed, checkpoint=args.checkpoint,
+                                    config_name=args.config_file)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(format_int8_report(result)))
     return 0
 
 

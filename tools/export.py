@@ -4,6 +4,8 @@ examples:
   python tools/export.py --config-file configs/segnext/segnext_mscan-t_ade20k-512x512.yaml \\
       --checkpoint zoo:segnext_mscan-t_ade20k --format onnx --shape 512 512 segnext_t.onnx
   python tools/export.py --config-file C --checkpoint W.pkl --format onnx --dynamic out.onnx
+  python tools/export.py --config-file C --checkpoint W.pkl --format onnx --dynamic \
+      --bases input --int8 --calib 32 segnext_int8.onnx
   python tools/export.py --config-file C --checkpoint W.pkl --format mmseg segnext_t_mmseg.pth
 
 onnx: the whole segmentor (MSCAN, LightHamHead with the NMF's multiplicative updates
@@ -13,14 +15,20 @@ image as the config's test pipeline makes it; outputs `logits` (1, classes, H, W
 (1, H, W) class ids. The NMF bases are constants drawn from --seed (deterministic), or with
 --bases input a second input `bases` (S, D, R) per image. --dynamic makes the batch, H and W
 free (any H, W >= 1, as our model takes them). Whole-image inference only: slide inference
-runs the graph per window, TTA per view. --verify (default on when onnxruntime is installed) runs the
-graph and our model on one random input with the same bases and prints the difference.
+runs the graph per window, TTA per view (jseg.deploy.OnnxSegmentor does both). --verify
+(default on when onnxruntime is installed) runs the graph and our model on one random input
+with the same bases and prints the difference. --int8 writes the graph quantised to INT8
+(QDQ, jseg.export.quantize), calibrated on --calib N training images through the test
+pipeline; it needs --dynamic, and --verify then reports its agreement with the float graph
+on validation images.
 mmseg: a .pth in torch.save's format that torch.load(weights_only=True) and mmseg's
 init_model read (jseg.export.mmseg), written without torch.
 Errors are one line on stderr and exit code 1; OUT is written atomically.
 """
 import importlib.util
+import os
 import sys
+import tempfile
 
 
 import numpy as np
@@ -47,6 +55,10 @@ def parse_args(argv=None):
                         help="onnx: NMF bases as constants from --seed, or a graph input")
     parser.add_argument("--seed", type=int, default=0, help="onnx: seed of the NMF bases")
     parser.add_argument("--opset", type=int, default=17, help="onnx: opset (>= 17)")
+    parser.add_argument("--int8", action="store_true",
+                        help="onnx: quantise to INT8 (QDQ), calibrated on --calib images")
+    parser.add_argument("--calib", type=int, default=32, metavar="N",
+                        help="onnx --int8: training images to calibrate on (default 32)")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_true", default=None,
                         help="onnx: compare onnxruntime with our model on a random input "
@@ -95,24 +107,70 @@ def export_onnx_file(args):
     from jseg.export.onnx import export_onnx
 
     cfg = load_config(args.config_file, args.overrides)
+    if args.int8:
+        _check_int8_args(args)
     verify = args.verify
     if verify is None:
         verify = importlib.util.find_spec("onnxruntime") is not None
     model = init_model(cfg, args.checkpoint, device="cpu")
-    summary = export_onnx(model, args.out, tuple(args.shape), bases=args.bases, seed=args.seed,
-                          opset=args.opset, dynamic=args.dynamic)
-    dims = "(N, 3, H, W) free" if args.dynamic else f"(1, 3, {args.shape[0]}, {args.shape[1]})"
-    bases = {"seed": f"constants from seed {args.seed}", "input": "the graph input bases",
-             "fixed": "the model's fixed bases (rand_init false)"}[summary["bases"]]
-    print(f"wrote {args.out}: opset {summary['opset']}, {summary['nodes']} nodes, input "
-          f"image {dims}, outputs logits and pred, NMF bases {bases}, "
-          f"{summary['bytes'] / 2 ** 20:.1f} MiB")
-    if verify and not _verify(model, args.out, tuple(args.shape), "bases" in summary["inputs"],
-                              args.seed, print):
-        print("error: the exported graph does not match jseg's model within 1e-4 / 99.9%",
-              file=sys.stderr)
-        return 3
+    folder = os.path.dirname(os.path.abspath(args.out))
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as work:
+        fp32 = os.path.join(work, "fp32.onnx") if args.int8 else args.out
+        summary = export_onnx(model, fp32, tuple(args.shape), bases=args.bases, seed=args.seed,
+                              opset=args.opset, dynamic=args.dynamic)
+        dims = ("(N, 3, H, W) free" if args.dynamic
+                else f"(1, 3, {args.shape[0]}, {args.shape[1]})")
+        bases = {"seed": f"constants from seed {args.seed}", "input": "the graph input bases",
+                 "fixed": "the model's fixed bases (rand_init false)"}[summary["bases"]]
+        print(f"{'float graph' if args.int8 else f'wrote {args.out}'}: opset {summary['opset']}, "
+              f"{summary['nodes']} nodes, input image {dims}, outputs logits and pred, NMF bases "
+              f"{bases}, {summary['bytes'] / 2 ** 20:.1f} MiB")
+        if verify and not _verify(model, fp32, tuple(args.shape), "bases" in summary["inputs"],
+                                  args.seed, print):
+            print("error: the exported graph does not match jseg's model within 1e-4 / 99.9%",
+                  file=sys.stderr)
+            return 3
+        if args.int8:
+            _write_int8(cfg, fp32, args, verify)
     return 0
+
+
+def _check_int8_args(args):
+    if args.calib < 1:
+        raise ValueError(f"--calib must be 1 or more training images, got {args.calib}")
+    if not args.dynamic:
+        raise ValueError("--int8 calibrates on the test pipeline's images, which have many "
+                         "sizes: add --dynamic")
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ImportError("--int8 needs onnxruntime's quantiser: pip install onnxruntime")
+
+
+def _write_int8(cfg, fp32, args, verify):
+    """Quantise `fp32` into args.out, calibrated on args.calib training images spread over
+    the split; with verify, print its argmax agreement with fp32 on validation images."""
+    import time
+
+    from jseg.data.datasets import build_dataset
+    from jseg.deploy import OnnxSegmentor
+    from jseg.export.quantize import INT8_OPS, quantize_int8
+
+    train = build_dataset(cfg.data, "train")
+    picks = sorted(set(np.linspace(0, len(train) - 1, min(args.calib, len(train))).round()
+                       .astype(int).tolist()))
+    start = time.time()
+    forwards = quantize_int8(fp32, args.out, cfg, [train[i]["img"] for i in picks])
+    size = os.path.getsize(args.out)
+    print(f"wrote {args.out}: INT8 (QDQ) {', '.join(INT8_OPS)} ops, per-channel weights, "
+          f"calibrated on {len(picks)} training images ({forwards} forwards, "
+          f"{time.time() - start:.1f}s), {size / 2 ** 20:.1f} MiB")
+    if verify:
+        val = build_dataset(cfg.data, "val")
+        images = [val[i]["img"] for i in range(min(8, len(val)))]
+        full, int8 = OnnxSegmentor(fp32, cfg), OnnxSegmentor(args.out, cfg)
+        same = sum(int((full(img)["pred"] == int8(img)["pred"]).sum()) for img in images)
+        pixels = sum(img.shape[0] * img.shape[1] for img in images)
+        print(f"verify: INT8 vs float graph on {len(images)} validation images: argmax "
+              f"agreement {same / pixels * 100:.2f}%")
 
 
 def main(argv=None):

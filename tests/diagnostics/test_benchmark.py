@@ -159,7 +159,7 @@ def test_tool_prints_the_table():
 
 
 @pytest.mark.parametrize("case", ["config", "shape", "shape_text", "iters", "threads",
-                                  "checkpoint", "override"])
+                                  "checkpoint", "override", "photo"])
 def test_tool_rejects_bad_input_in_one_line(tmp_path, capsys, case):
     """Errors found before any model is built: in process, one `error:` line, exit 1."""
     args = {"config": ["--config-file", tmp_path / "missing.yaml"],
@@ -169,6 +169,7 @@ def test_tool_rejects_bad_input_in_one_line(tmp_path, capsys, case):
             "threads": ["--config-file", DEMO_CONFIG, "--threads", -2],
             "checkpoint": ["--config-file", DEMO_CONFIG, "--checkpoint", tmp_path / "no.pkl"],
             "override": ["--config-file", DEMO_CONFIG, "model.backbone.embed_dim=[1,2,3,4]"],
+            "photo": ["--config-file", DEMO_CONFIG, "--int8", tmp_path / "no.jpg"],
             }[case]
     tool = _load_tool()
     try:
@@ -237,3 +238,26 @@ def test_floor_reports_the_time_against_the_macs_at_the_sgemm_peak(cfg):
         run_benchmark(cfg, mode="train", floor=True, **QUICK)
     proc = _run_tool("--config-file", DEMO_CONFIG, "--mode", "train", "--floor")
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --floor"), proc.stderr
+
+
+@pytest.mark.skipif(not benchmark.onnxruntime_available(), reason="needs onnx and onnxruntime")
+def test_int8_benchmark_times_three_frameworks_on_photos(cfg, demo_root):
+    """--int8: our model, its float graph and its INT8 graph on the demo images (2 calibrate,
+    2 are measured): every framework timed per photo and round, agreement with fp32 in
+    [0, 1] (1 for the float graph itself), the INT8 file smaller."""
+    import glob
+
+    from jseg.diagnostics.int8_bench import format_int8_report, run_int8_benchmark
+    photos = sorted(glob.glob(f"{demo_root}/images/*/*.jpg"))[:4]
+    result = run_int8_benchmark(cfg, photos, calib=2, shape=SHAPE, iters=2, warmup=1)
+    assert set(result["results"]) == {"jittor", "onnxruntime fp32", "onnxruntime int8"}
+    for stats in result["results"].values():
+        assert stats["iterations"] == 2 * 2 and stats["median_ms"] > 0
+    assert result["agreement"]["onnxruntime fp32"] == 1.0
+    assert result["agreement"]["jittor"] > 0.99
+    assert 0.0 <= result["agreement"]["onnxruntime int8"] <= 1.0
+    assert result["sizes"]["onnxruntime int8"] < result["sizes"]["onnxruntime fp32"]
+    lines = format_int8_report(result)
+    assert any(line.startswith("onnxruntime int8") for line in lines), lines
+    with pytest.raises(BenchmarkError, match="leaves none"):
+        run_int8_benchmark(cfg, photos, calib=4, shape=SHAPE)
