@@ -15,6 +15,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.8",
     packages=find_packages(include=["jseg", "jseg.*", "weights_convert"]),
+    package_data={"jseg.deploy": ["page.html"]},  # the web demo's page (tools/serve.py)
     install_requires=[
         "jittor>=1.3.11,<1.4",
         # Jittor's own offline assets (oneDNN for CPU convolutions; cub/cutt/nccl for CUDA),
@@ -31,7 +32,9 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7.0"],
+        # selenium drives a headless Chromium in the web demo's test (tools/serve.py); the
+        # test is skipped without it or without chromium + chromedriver.
+        "test": ["pytest>=7.0", "selenium>=4.10"],
         # The PyTorch reference for parity tests; torch 2.13.0 is the only supported build.
         "parity": ["torch==2.13.0", "mmcv-lite==2.1.0", "mmengine==0.10.7",
                    "mmsegmentation==1.2.2", "ftfy", "regex"],
