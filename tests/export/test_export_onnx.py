@@ -273,21 +273,24 @@ def test_resize_node_matches_our_resize(src, dst, align_corners):
 
 
 # ---------------------------------------------------------------------------
-# The README's recipe: an image in, class ids out, as jseg.apis.inference_model
+# The by-hand recipe of docs/deploy.md: an image in, class ids out, as inference_model
+
+RECIPE_DOC = os.path.join(ROOT, "docs", "deploy.md")
+
 
 def _readme_recipe():
-    """The README's python block that defines `segment`, split before its usage lines
+    """docs/deploy.md's python block that defines `segment`, split before its usage lines
     (`session = ...` onwards)."""
-    with open(os.path.join(ROOT, "README.md")) as f:
+    with open(RECIPE_DOC) as f:
         blocks = [b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S)
                   if "def segment(" in b]
-    assert len(blocks) == 1, f"{len(blocks)} python blocks in README.md define segment()"
+    assert len(blocks) == 1, f"{len(blocks)} python blocks in {RECIPE_DOC} define segment()"
     definitions, usage = blocks[0].split("\nsession = ", 1)
     return definitions, "session = " + usage
 
 
 def _replace(code, old, new):
-    assert code.count(old) == 1, f"README's recipe no longer has {old!r}:\n{code}"
+    assert code.count(old) == 1, f"docs/deploy.md's recipe no longer has {old!r}:\n{code}"
     return code.replace(old, new)
 
 
@@ -299,18 +302,18 @@ def test_readme_recipe_numbers_are_the_ade20k_configs():
     readme = (tuple(ns["TEST_SCALE"]), ns["SIZE_DIVISOR"], ns["MEAN"].tolist(), ns["STD"].tolist())
     config = (tuple(data.test_scale), data.size_divisor, np.float32(data.mean).tolist(),
               np.float32(data.std).tolist())
-    assert readme == config, f"README {readme}, config {config}"
+    assert readme == config, f"docs/deploy.md {readme}, config {config}"
     assert data.size_divisor_mode == "pad" and data.test_keep_ratio, data
 
 
 @pytest.mark.parametrize("bases", ["input", "seed"])
 def test_readme_recipe_equals_inference_model(tmp_path, monkeypatch, bases):
-    """The README's recipe, run as written (its file names and TEST_SCALE swapped for the
+    """docs/deploy.md's recipe, run as written (its file names and TEST_SCALE swapped for the
     tiny model's), gives inference_model's class ids at every pixel. Two images: 150x200,
     larger than test_scale (64, 48): resized to 48x64, padded to 64x64, logits cropped and
     resized back up; 40x56, smaller: resized up to 46x64, padded to 64x64.
     NMF bases: "input" feeds the graph the bases inference_model draws for the image (as the
-    README says); "seed" runs the usage lines as written on a graph with constant bases, and
+    doc says); "seed" runs the usage lines as written on a graph with constant bases, and
     inference_model's per-image bases are replaced by that constant."""
     cfg = load_config(DEMO_CONFIG, TINY_OVERRIDES)
     model = _build(DEMO_CONFIG, TINY_OVERRIDES, seed=4)
@@ -339,7 +342,7 @@ def test_readme_recipe_equals_inference_model(tmp_path, monkeypatch, bases):
         if bases == "seed":  # the usage lines as written
             exec(_replace(usage, '"street.jpg"', repr(image)), ns)
             theirs = ns["pred"]
-        else:  # inference_model's bases for this image, as the README gives them
+        else:  # inference_model's bases for this image, as docs/deploy.md gives them
             rgb = cv2.cvtColor(cv2.imread(image), cv2.COLOR_BGR2RGB)
             fed = seeded_bases(shape, cfg.seed or 0, (*image_key(rgb), 0))
             session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
