@@ -18,7 +18,7 @@ from conftest import DEMO_CONFIG, ROOT  # noqa: E402
 INT8_MARGIN = 0.5
 
 
-def _tool(name, *args):
+def _run(name, *args):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args],
                          capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert out.returncode == 0, (name, out.returncode, out.stderr[-3000:])
@@ -33,23 +33,23 @@ def _miou(out):
 
 def test_int8_demo_model_keeps_its_miou(tmp_path):
     data, work = tmp_path / "data", tmp_path / "work"
-    _tool("make_demo_data.py", "--out", str(data))
+    _run("make_demo_data.py", "--out", str(data))
     common = ["--config-file", DEMO_CONFIG, f"data.data_root={data}"]
-    _tool("run_net.py", *common, "--task", "train", "--work-dir", str(work), "--no-progress")
+    _run("run_net.py", *common, "--task", "train", "--work-dir", str(work), "--no-progress")
     weights = str(work / "checkpoints" / "iter_00000400.pkl")
     graphs = {}
     for name, extra in (("fp32", []), ("int8", ["--int8", "--calib", "32"])):
         graphs[name] = str(tmp_path / f"demo_{name}.onnx")
-        out = _tool("export.py", "--config-file", DEMO_CONFIG, "--checkpoint", weights,
+        out = _run("export.py", "--config-file", DEMO_CONFIG, "--checkpoint", weights,
                     "--format", "onnx", "--dynamic", "--bases", "input", *extra, graphs[name],
                     f"data.data_root={data}")
     assert "INT8 (QDQ)" in out.stdout and "argmax agreement" in out.stdout, out.stdout
     assert os.path.getsize(graphs["int8"]) < os.path.getsize(graphs["fp32"]) / 2.5
-    scores = {name: _miou(_tool("run_net.py", *common, "--task", "val", "--backend", "onnx",
+    scores = {name: _miou(_run("run_net.py", *common, "--task", "val", "--backend", "onnx",
                                 "--onnx", graph, "--work-dir", str(tmp_path / name),
                                 "--no-progress"))
               for name, graph in graphs.items()}
-    jittor = _miou(_tool("run_net.py", *common, "--task", "val", "--load-from", weights,
+    jittor = _miou(_run("run_net.py", *common, "--task", "val", "--load-from", weights,
                          "--work-dir", str(tmp_path / "jittor"), "--no-progress"))
     assert scores["fp32"] == jittor, (scores, jittor)
     assert scores["int8"] >= scores["fp32"] - INT8_MARGIN, scores
