@@ -54,22 +54,16 @@ def inference_model(model, imgs, return_probs=False, tta=False, seed=None):
         prediction here, there and in tools/demo.py.
     """
     from .data.datasets import image_key
-    from .data.loader import make_views
-    from .data.transforms import build_test_pipeline, build_tta_pipelines
+    from .data.loader import image_views, test_pipelines
     from .engine.evaluator import predict_image
 
     cfg = model.cfg
-    if tta:
-        test_cfg = cfg.model.test_cfg
-        pipelines = build_tta_pipelines(cfg.data, test_cfg.tta_ratios, test_cfg.tta_flip)
-    else:
-        pipelines = [build_test_pipeline(cfg.data)]
+    pipelines = test_pipelines(cfg, tta)
     single = not isinstance(imgs, (list, tuple))
     results = []
     model.eval()
     for img in ([imgs] if single else imgs):
-        rgb = load_rgb(img)
-        views = make_views({"img": rgb, "ori_shape": rgb.shape[:2]}, pipelines)
+        rgb, views = image_views(img, pipelines)
         out = predict_image(model, views, return_probs=return_probs, key=image_key(rgb),
                             seed=seed if seed is not None else (cfg.seed or 0))
         results.append({"pred": out[0], "probs": out[1]} if return_probs else {"pred": out})

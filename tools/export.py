@@ -25,6 +25,7 @@ mmseg: a .pth in torch.save's format that torch.load(weights_only=True) and mmse
 init_model read (jseg.export.mmseg), written without torch.
 Errors are one line on stderr and exit code 1; OUT is written atomically.
 """
+import contextlib
 import importlib.util
 import os
 import sys
@@ -113,8 +114,11 @@ def export_onnx_file(args):
     if verify is None:
         verify = importlib.util.find_spec("onnxruntime") is not None
     model = init_model(cfg, args.checkpoint, device="cpu")
+    # --int8: the float graph is an intermediate, staged beside OUT and removed after
     folder = os.path.dirname(os.path.abspath(args.out))
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as work:
+    staging = (tempfile.TemporaryDirectory(dir=folder, prefix=".export-") if args.int8
+               else contextlib.nullcontext())
+    with staging as work:
         fp32 = os.path.join(work, "fp32.onnx") if args.int8 else args.out
         summary = export_onnx(model, fp32, tuple(args.shape), bases=args.bases, seed=args.seed,
                               opset=args.opset, dynamic=args.dynamic)

@@ -21,11 +21,12 @@ import sys
 
 import numpy as np
 
-from .datasets import DataError, build_dataset, image_key
+from .datasets import DataError, build_dataset, image_key, load_rgb
 from .transforms import build_test_pipeline, build_train_pipeline, build_tta_pipelines
 
 __all__ = ["get_dist_info", "random_seed", "sample_rng", "epoch_permutation", "TrainLoader", "ValLoader",
-           "build_train_loader", "build_val_loader", "make_views"]
+           "build_train_loader", "build_val_loader", "make_views", "test_pipelines",
+           "image_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,21 @@ def make_views(sample, pipelines):
         meta = {k: out[k] for k in ("ori_shape", "img_shape", "pad_shape", "scale_factor", "flip")}
         views.append({"img": img, "meta": meta})
     return views
+
+
+def test_pipelines(cfg, tta=False):
+    """The test pipeline of a full config, or with tta its multi-scale + flip views
+    (cfg.model.test_cfg's tta_ratios and tta_flip)."""
+    if not tta:
+        return [build_test_pipeline(cfg["data"])]
+    test_cfg = cfg["model"]["test_cfg"]
+    return build_tta_pipelines(cfg["data"], test_cfg["tta_ratios"], test_cfg["tta_flip"])
+
+
+def image_views(img, pipelines):
+    """(rgb (H, W, 3) uint8, make_views of it) for an image path or RGB array (load_rgb)."""
+    rgb = load_rgb(img)
+    return rgb, make_views({"img": rgb, "ori_shape": rgb.shape[:2]}, pipelines)
 
 
 def _val_sample(dataset, pipelines, index):
@@ -379,10 +395,6 @@ def build_val_loader(cfg, tta=False, **kwargs):
     """The validation loader of a full config; tta adds cfg.model.test_cfg's scales and flips."""
     data = cfg["data"]
     dataset = build_dataset(data, "val")
-    if tta:
-        test_cfg = cfg["model"]["test_cfg"]
-        pipelines = build_tta_pipelines(data, test_cfg["tta_ratios"], test_cfg["tta_flip"])
-    else:
-        pipelines = [build_test_pipeline(data)]
+    pipelines = test_pipelines(cfg, tta)
     kwargs.setdefault("num_workers", data["num_workers"])
     return ValLoader(dataset, pipelines, **kwargs)

@@ -17,10 +17,9 @@ import os
 import numpy as np
 
 from jseg.config import Config, load_config
-from jseg.data.datasets import dataset_settings, image_key, load_rgb
-from jseg.data.loader import make_views
+from jseg.data.datasets import dataset_settings, image_key
+from jseg.data.loader import image_views, test_pipelines
 from jseg.data.predictions import combine_views
-from jseg.data.transforms import build_test_pipeline, build_tta_pipelines
 from jseg.utils.inference import seeded_bases, slide_windows
 
 __all__ = ["OnnxSegmentor", "DeployError", "open_session"]
@@ -85,7 +84,8 @@ class OnnxSegmentor:
         if "image" not in inputs:
             raise DeployError(f"{self.onnx_file} has no input 'image' (inputs: {sorted(inputs)}); "
                               "export the graph with tools/export.py --format onnx")
-        self.image_hw = tuple(inputs["image"].shape[2:])  # ints, or names when dynamic
+        hw = tuple(inputs["image"].shape[2:])  # ints, or names when dynamic
+        self.fixed_hw = hw if all(isinstance(d, int) for d in hw) else None
         self.takes_bases = "bases" in inputs
         head = self.cfg.model.decode_head
         self.bases_shape = (head.ham.md_s, head.ham_channels // head.ham.md_s, head.ham.md_r)
@@ -102,14 +102,11 @@ class OnnxSegmentor:
     def __call__(self, imgs, return_probs=False, tta=False):
         """As inference_model: a path or (H, W, 3) uint8 RGB array (or a list) -> {"pred":
         (H, W) int64} (+ "probs" (C, H, W) float32 with return_probs) per image."""
-        test_cfg = self.cfg.model.test_cfg
-        pipelines = (build_tta_pipelines(self.cfg.data, test_cfg.tta_ratios, test_cfg.tta_flip)
-                     if tta else [build_test_pipeline(self.cfg.data)])
+        pipelines = test_pipelines(self.cfg, tta)
         single = not isinstance(imgs, (list, tuple))
         results = []
         for img in ([imgs] if single else imgs):
-            rgb = load_rgb(img)
-            views = make_views({"img": rgb, "ori_shape": rgb.shape[:2]}, pipelines)
+            rgb, views = image_views(img, pipelines)
             out = self.predict_views(views, image_key(rgb), return_probs)
             results.append({"pred": out[0], "probs": out[1]} if return_probs else {"pred": out})
         return results[0] if single else results
@@ -144,10 +141,9 @@ class OnnxSegmentor:
     def forward_inputs(self, img):
         """The graph's input dicts for one image, in the order `__call__` runs them (its test
         view, then the windows in slide mode): calibration data for INT8 (jseg.export)."""
-        rgb = load_rgb(img)
+        rgb, views = image_views(img, test_pipelines(self.cfg))
         key, forwards = image_key(rgb), iter(range(1 << 30))
-        for view in make_views({"img": rgb, "ori_shape": rgb.shape[:2]},
-                               [build_test_pipeline(self.cfg.data)]):
+        for view in views:
             _, _, height, width = view["img"].shape
             for y1, y2, x1, x2 in self._boxes(height, width):
                 window = np.ascontiguousarray(view["img"][:, :, y1:y2, x1:x2])
@@ -161,9 +157,8 @@ class OnnxSegmentor:
 
     def _feeds(self, img, key, forward, seed):
         """The graph's inputs for (1, 3, h, w), with the image's bases for its `forward`-th run."""
-        fixed = all(isinstance(d, int) for d in self.image_hw)
-        if fixed and tuple(img.shape[2:]) != self.image_hw:
-            raise DeployError(f"{self.onnx_file} takes {self.image_hw[0]}x{self.image_hw[1]} "
+        if self.fixed_hw is not None and tuple(img.shape[2:]) != self.fixed_hw:
+            raise DeployError(f"{self.onnx_file} takes {self.fixed_hw[0]}x{self.fixed_hw[1]} "
                               f"inputs only, this one is {img.shape[2]}x{img.shape[3]}; export "
                               "with --dynamic for any size")
         feeds = {"image": img}

@@ -26,14 +26,14 @@ def _inputs(cfg, photos, shape):
     import cv2
 
     from jseg.data.datasets import load_rgb
+    from jseg.data.transforms import Normalize
 
-    mean = np.array(cfg.data.mean, np.float32)
-    std = np.array(cfg.data.std, np.float32)
+    normalize = Normalize(cfg.data.mean, cfg.data.std)
     out = []
     for path in photos:
         rgb = cv2.resize(load_rgb(path), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        out.append(np.ascontiguousarray(((rgb - mean) / std).transpose(2, 0, 1)[None],
-                                        np.float32))
+        img = normalize({"img": rgb})["img"]
+        out.append(np.ascontiguousarray(img.transpose(2, 0, 1)[None]))
     return out
 
 
